@@ -1,0 +1,31 @@
+"""lightning_rlhf: SFT -> reward model -> PPO as Lightning modules, one YAML per stage.
+
+Imports are lazy so ``import lightning_rlhf`` stays cheap; the names below load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "SFTModule": "lightning_rlhf.modules.sft",
+    "SFTDataModule": "lightning_rlhf.data.sft",
+    "RewardModule": "lightning_rlhf.modules.reward",
+    "PreferenceDataModule": "lightning_rlhf.data.preference",
+    "ModelOptions": "lightning_rlhf.models",
+    "LoraOptions": "lightning_rlhf.models",
+    "RewardFunction": "lightning_rlhf.rewards",
+    "TaskOracle": "lightning_rlhf.rewards",
+    "HFExport": "lightning_rlhf.callbacks.export",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'lightning_rlhf' has no attribute {name!r}")

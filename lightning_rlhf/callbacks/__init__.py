@@ -1,0 +1,3 @@
+from lightning_rlhf.callbacks.export import HFExport
+
+__all__ = ["HFExport"]

@@ -1,0 +1,56 @@
+"""The collator family: one padding function, one collate per batch type."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from lightning_rlhf.types import LMBatch, PreferenceBatch, PromptBatch
+
+
+def pad(seqs: Sequence[Sequence[int]], value: int, side: str = "right") -> torch.Tensor:
+    """(len(seqs), longest) long tensor; ``side="left"`` puts the padding first."""
+    longest = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), longest), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s):
+            target = out[i, longest - len(s) :] if side == "left" else out[i, : len(s)]
+            target.copy_(torch.as_tensor(s, dtype=torch.long))
+    return out
+
+
+def collate_lm(examples: Sequence[dict], pad_token_id: int) -> LMBatch:
+    """Examples {"input_ids", "labels"[, "position_ids"]} -> right-padded LMBatch."""
+    ids = [e["input_ids"] for e in examples]
+    position_ids = None
+    if "position_ids" in examples[0]:
+        position_ids = pad([e["position_ids"] for e in examples], 0)
+    return LMBatch(
+        input_ids=pad(ids, pad_token_id),
+        attention_mask=pad([[1] * len(s) for s in ids], 0),
+        labels=pad([e["labels"] for e in examples], -100),
+        position_ids=position_ids,
+    )
+
+
+def collate_prompts(examples: Sequence[dict], pad_token_id: int) -> PromptBatch:
+    """Examples {"prompt_ids", "prompt"} -> left-padded PromptBatch."""
+    ids = [e["prompt_ids"] for e in examples]
+    return PromptBatch(
+        input_ids=pad(ids, pad_token_id, side="left"),
+        attention_mask=pad([[1] * len(s) for s in ids], 0, side="left"),
+        prompts=[e["prompt"] for e in examples],
+    )
+
+
+def collate_preferences(examples: Sequence[dict], pad_token_id: int) -> PreferenceBatch:
+    """Examples {"chosen_ids", "rejected_ids", "margin", "prompt", "chosen", "rejected"}."""
+    ids = [e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
+    return PreferenceBatch(
+        input_ids=pad(ids, pad_token_id),
+        attention_mask=pad([[1] * len(s) for s in ids], 0),
+        margin=torch.tensor([float(e.get("margin", 0.0)) for e in examples]),
+        prompts=[e["prompt"] for e in examples],
+        responses=[e["chosen"] for e in examples] + [e["rejected"] for e in examples],
+    )

@@ -1,0 +1,179 @@
+"""PreferenceDataModule: (prompt, chosen, rejected) pairs for reward models (and DPO)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from functools import partial
+
+import torch
+from torch.utils.data import DataLoader
+
+from lightning_rlhf.data.base import TextDataModule
+from lightning_rlhf.data.collate import collate_preferences
+from lightning_rlhf.data.load import require_columns
+from lightning_rlhf.data.text import PLAIN_CHAT_TEMPLATE, encode_completion, encode_prompt
+
+log = logging.getLogger(__name__)
+
+
+def split_shared_prefix(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """Full texts sharing a prompt (Anthropic-HH style) -> (prompt, chosen, rejected).
+
+    The prompt is the longest common prefix, cut back to a word boundary so that neither response
+    starts mid-word.
+    """
+    n = len(os.path.commonprefix([chosen, rejected]))
+    while n > 0 and not chosen[n - 1].isspace():
+        n -= 1
+    return chosen[:n], chosen[n:], rejected[n:]
+
+
+def _render_messages(chosen: list[dict], rejected: list[dict], tokenizer) -> tuple[str, str, str]:
+    """Conversations sharing all turns but the last -> (templated prompt, chosen, rejected)."""
+    if (
+        not chosen
+        or chosen[-1].get("role") != "assistant"
+        or rejected[-1].get("role") != "assistant"
+    ):
+        raise ValueError("conversation has no final assistant turn to compare")
+    template = getattr(tokenizer, "chat_template", None) or PLAIN_CHAT_TEMPLATE
+    render = partial(tokenizer.apply_chat_template, chat_template=template, tokenize=False)
+    prompt = render(chosen[:-1], add_generation_prompt=True)
+    full_c, full_r = render(chosen), render(rejected)
+    if not (full_c.startswith(prompt) and full_r.startswith(prompt)):
+        raise ValueError("chosen and rejected conversations do not share their prompt turns")
+    return prompt, full_c[len(prompt) :], full_r[len(prompt) :]
+
+
+def fit_pair(prompt: list[int], response: list[int], max_length: int) -> list[int]:
+    """Truncation for scoring: keep the end of the response (where the score is read), then as
+    much of the prompt's end as fits."""
+    response = response[-(max_length - 1) :]
+    room = max_length - len(response)
+    return (prompt[-room:] if room > 0 else []) + response
+
+
+class PreferenceDataModule(TextDataModule):
+    """Preference pairs: a prompt, a preferred (chosen) and a dispreferred (rejected) response.
+
+    Formats: explicit ``prompt``/``chosen``/``rejected`` columns; ``chosen``/``rejected`` full texts
+    that share their prompt (Anthropic-HH; no prompt column); or ``chosen``/``rejected`` as lists of
+    messages rendered with the chat template. Pairs whose responses are identical or empty are
+    dropped and counted.
+
+    Args:
+        train_path: hub dataset name, local directory, or local .jsonl/.json/.parquet/.csv file.
+        val_path: the same for validation; None holds out ``val_fraction`` of the training rows.
+        tokenizer: model directory or hub name whose tokenizer is used (linked by the CLI).
+        train_split: split of ``train_path`` to read.
+        val_split: split of ``val_path`` to read.
+        subset: hub dataset configuration name.
+        val_fraction: fraction of training rows held out when ``val_path`` is None.
+        prompt_column: column holding the prompt; when the data has no such column the prompt is
+            the shared prefix of chosen and rejected.
+        chosen_column: column holding the preferred response (text or messages).
+        rejected_column: column holding the other response.
+        margin_column: optional column of required reward margins per pair.
+        max_length: longest tokenised prompt + response; longer ones keep the end of the response.
+        batch_size: pairs per step and device (each pair is two sequences).
+        num_workers: DataLoader workers.
+        seed: seed of the held-out split and shuffling.
+        trust_remote_code: allow the tokenizer's own code from the hub.
+    """
+
+    def __init__(
+        self,
+        train_path: str = "artifacts/task/pref_train.jsonl",
+        val_path: str | None = "artifacts/task/pref_val.jsonl",
+        tokenizer: str = "artifacts/sft",
+        train_split: str = "train",
+        val_split: str = "train",
+        subset: str | None = None,
+        val_fraction: float = 0.05,
+        prompt_column: str = "prompt",
+        chosen_column: str = "chosen",
+        rejected_column: str = "rejected",
+        margin_column: str | None = None,
+        max_length: int = 128,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        if max_length < 2:
+            raise ValueError(f"max_length must be at least 2, got {max_length}")
+        self.save_hyperparameters()
+
+    def _texts(self, row: dict, has_prompt: bool) -> tuple[str, str, str]:
+        hp = self.hparams
+        chosen, rejected = row[hp.chosen_column], row[hp.rejected_column]
+        if isinstance(chosen, list):
+            return _render_messages(chosen, rejected, self.tokenizer)
+        if not isinstance(chosen, str) or not isinstance(rejected, str):
+            raise ValueError(
+                f"'{hp.chosen_column}'/'{hp.rejected_column}' must be text or messages"
+            )
+        if has_prompt:
+            return row[hp.prompt_column], chosen, rejected
+        return split_shared_prefix(chosen, rejected)
+
+    def _encode(self, ds, source: str) -> list[dict]:
+        hp = self.hparams
+        needed = [hp.chosen_column, hp.rejected_column] + (
+            [hp.margin_column] if hp.margin_column else []
+        )
+        require_columns(ds, needed, source)
+        has_prompt = hp.prompt_column in ds.column_names
+        out, skipped = [], Counter()
+        for i, row in enumerate(ds):
+            try:
+                prompt, chosen, rejected = self._texts(row, has_prompt)
+            except ValueError as err:
+                raise ValueError(f"{source} row {i}: {err}") from None
+            if not chosen.strip() or not rejected.strip():
+                skipped["empty response"] += 1
+                continue
+            if chosen == rejected:
+                skipped["identical chosen and rejected"] += 1
+                continue
+            templated = isinstance(row[hp.chosen_column], list)
+            p_ids = encode_prompt(self.tokenizer, prompt, templated)
+            out.append(
+                {
+                    "chosen_ids": fit_pair(
+                        p_ids, encode_completion(self.tokenizer, chosen), hp.max_length
+                    ),
+                    "rejected_ids": fit_pair(
+                        p_ids, encode_completion(self.tokenizer, rejected), hp.max_length
+                    ),
+                    "margin": float(row[hp.margin_column]) if hp.margin_column else 0.0,
+                    "prompt": prompt,
+                    "chosen": chosen,
+                    "rejected": rejected,
+                }
+            )
+        for why, n in skipped.items():
+            log.warning("%s: dropped %d pairs (%s)", source, n, why)
+        if not out:
+            raise ValueError(f"{source}: no usable pairs among {len(ds)} rows ({dict(skipped)})")
+        return out
+
+    def _loader(self, data: list[dict], shuffle: bool) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(
+            data,
+            batch_size=hp.batch_size,
+            shuffle=shuffle,
+            generator=torch.Generator().manual_seed(hp.seed) if shuffle else None,
+            num_workers=hp.num_workers,
+            collate_fn=partial(collate_preferences, pad_token_id=self.tokenizer.pad_token_id),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val_set, shuffle=False) if self.val_set else []

@@ -1,0 +1,189 @@
+"""SFTDataModule: prompt -> demonstration data, loss on completion tokens only."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Literal
+
+import torch
+from torch.utils.data import DataLoader
+
+from lightning_rlhf.data.base import TextDataModule
+from lightning_rlhf.data.collate import collate_lm, collate_prompts
+from lightning_rlhf.data.load import require_columns
+from lightning_rlhf.data.text import (
+    encode_completion,
+    encode_prompt,
+    fit_to_length,
+    split_conversation,
+)
+
+log = logging.getLogger(__name__)
+
+
+def row_to_text(
+    row: dict, prompt_column: str, completion_column: str, messages_column: str, tokenizer
+):
+    """(prompt, completion, templated) of one row, conversational or prompt/completion."""
+    if messages_column in row and row[messages_column] is not None:
+        prompt, completion = split_conversation(row[messages_column], tokenizer)
+        return prompt, completion, True
+    return row[prompt_column], row[completion_column], False
+
+
+def pack(examples: list[dict], max_length: int) -> list[dict]:
+    """Concatenate examples into rows of at most ``max_length`` tokens (greedy, in order).
+
+    ``position_ids`` restart at 0 for each example: transformers reads them to keep attention
+    within each example (no cross-contamination) when the batch carries no attention mask padding.
+    """
+    rows: list[dict] = []
+    cur: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
+    for e in examples:
+        if cur["input_ids"] and len(cur["input_ids"]) + len(e["input_ids"]) > max_length:
+            rows.append(cur)
+            cur = {"input_ids": [], "labels": [], "position_ids": []}
+        cur["input_ids"] += e["input_ids"]
+        cur["labels"] += e["labels"]
+        cur["position_ids"] += list(range(len(e["input_ids"])))
+    if cur["input_ids"]:
+        rows.append(cur)
+    return rows
+
+
+class SFTDataModule(TextDataModule):
+    """Supervised fine-tuning data: a prompt and the demonstration that should follow it.
+
+    Args:
+        train_path: hub dataset name, local directory, or local .jsonl/.json/.parquet/.csv file.
+        val_path: the same for validation; None holds out ``val_fraction`` of the training rows.
+        tokenizer: model directory or hub name whose tokenizer is used (linked by the CLI to
+            ``model.model_name_or_path``).
+        train_split: split of ``train_path`` to read (hub datasets and directories).
+        val_split: split of ``val_path`` to read.
+        subset: hub dataset configuration name.
+        val_fraction: fraction of training rows held out when ``val_path`` is None.
+        prompt_column: column holding the prompt text.
+        completion_column: column holding the demonstration.
+        messages_column: column holding a conversation ([{"role", "content"}, ...]); when present
+            it is rendered with the tokenizer's chat template and the last assistant turn is learned.
+        max_length: longest tokenised example; longer ones lose the left of their prompt
+            (``truncation="left"``) or are dropped and counted (``"drop"``).
+        truncation: policy for examples longer than ``max_length``.
+        completion_only_loss: learn only the completion tokens (False: the prompt too).
+        packing: concatenate examples into full rows of ``max_length`` (no padding).
+        batch_size: examples (packed rows when packing) per step and device.
+        num_eval_prompts: validation prompts the module generates for (oracle score, samples).
+        num_workers: DataLoader workers.
+        seed: seed of the held-out split and of shuffling.
+        trust_remote_code: allow the tokenizer's own code from the hub.
+    """
+
+    def __init__(
+        self,
+        train_path: str = "artifacts/task/sft_train.jsonl",
+        val_path: str | None = "artifacts/task/sft_val.jsonl",
+        tokenizer: str = "artifacts/tiny-base",
+        train_split: str = "train",
+        val_split: str = "train",
+        subset: str | None = None,
+        val_fraction: float = 0.05,
+        prompt_column: str = "prompt",
+        completion_column: str = "completion",
+        messages_column: str = "messages",
+        max_length: int = 128,
+        truncation: Literal["left", "drop"] = "left",
+        completion_only_loss: bool = True,
+        packing: bool = False,
+        batch_size: int = 64,
+        num_eval_prompts: int = 300,
+        num_workers: int = 0,
+        seed: int = 0,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        if max_length < 2:
+            raise ValueError(f"max_length must be at least 2, got {max_length}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.save_hyperparameters()
+
+    def _encode(self, ds, source: str) -> list[dict]:
+        hp = self.hparams
+        if hp.messages_column not in ds.column_names:
+            require_columns(ds, [hp.prompt_column, hp.completion_column], source)
+        out, dropped, cut = [], 0, 0
+        for i, row in enumerate(ds):
+            try:
+                prompt, completion, templated = row_to_text(
+                    row, hp.prompt_column, hp.completion_column, hp.messages_column, self.tokenizer
+                )
+            except ValueError as err:
+                raise ValueError(f"{source} row {i}: {err}") from None
+            if not isinstance(prompt, str) or not isinstance(completion, str) or not completion:
+                dropped += 1
+                continue
+            p_ids = encode_prompt(self.tokenizer, prompt, templated)
+            c_ids = encode_completion(self.tokenizer, completion)
+            too_long = len(p_ids) + len(c_ids) > hp.max_length
+            fitted = (
+                None
+                if too_long and hp.truncation == "drop"
+                else fit_to_length(p_ids, c_ids, hp.max_length)
+            )
+            if fitted is None:
+                dropped += 1
+                continue
+            cut += too_long
+            p_ids, c_ids = fitted
+            prompt_labels = p_ids if not hp.completion_only_loss else [-100] * len(p_ids)
+            out.append(
+                {
+                    "input_ids": p_ids + c_ids,
+                    "labels": prompt_labels + c_ids,
+                    "prompt_ids": p_ids,
+                    "prompt": prompt,
+                }
+            )
+        if dropped or cut:
+            log.warning(
+                "%s: %d rows dropped (empty or too long), %d truncated", source, dropped, cut
+            )
+        if not out:
+            raise ValueError(
+                f"{source}: no usable rows (all {len(ds)} empty or longer than max_length)"
+            )
+        return out
+
+    def train_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        data = pack(self.train_set, hp.max_length) if hp.packing else self.train_set
+        generator = torch.Generator().manual_seed(hp.seed)
+        return DataLoader(
+            data,
+            batch_size=hp.batch_size,
+            shuffle=True,
+            generator=generator,
+            num_workers=hp.num_workers,
+            collate_fn=partial(collate_lm, pad_token_id=self.tokenizer.pad_token_id),
+        )
+
+    def val_dataloader(self) -> list[DataLoader]:
+        """Two loaders: 0 for loss and token metrics, 1 for generation from held-out prompts."""
+        if not self.val_set:
+            return []
+        hp = self.hparams
+        pad_id = self.tokenizer.pad_token_id
+        return [
+            DataLoader(
+                self.val_set,
+                batch_size=hp.batch_size,
+                collate_fn=partial(collate_lm, pad_token_id=pad_id),
+            ),
+            DataLoader(
+                self.val_set[: hp.num_eval_prompts],
+                batch_size=max(hp.batch_size, 128),
+                collate_fn=partial(collate_prompts, pad_token_id=pad_id),
+            ),
+        ]

@@ -1,0 +1,66 @@
+"""Rows to (prompt, completion) text, and text to token ids: the one tokenisation of every stage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Used for tokenizers that ship no chat template. Renders "user: hi\nassistant: hello\n".
+PLAIN_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+def split_conversation(messages: list[dict[str, str]], tokenizer: Any) -> tuple[str, str]:
+    """Render a conversation with the tokenizer's chat template (or the plain fallback).
+
+    Returns (prompt, completion): everything before the final assistant turn, rendered with the
+    generation prompt, and the rest. The completion is found as a text suffix, not by template
+    markers, so the loss mask is right for any template; a template under which the prompt is not a
+    prefix of the whole conversation is refused.
+    """
+    if not messages or messages[-1].get("role") != "assistant":
+        raise ValueError("conversation has no final assistant turn to learn from")
+    template = getattr(tokenizer, "chat_template", None) or PLAIN_CHAT_TEMPLATE
+    render = tokenizer.apply_chat_template
+    prompt = render(
+        messages[:-1], chat_template=template, tokenize=False, add_generation_prompt=True
+    )
+    full = render(messages, chat_template=template, tokenize=False)
+    if not full.startswith(prompt):
+        raise ValueError("chat template renders the prompt differently inside the conversation")
+    return prompt, full[len(prompt) :]
+
+
+def encode_prompt(tokenizer: Any, prompt: str, templated: bool = False) -> list[int]:
+    """Prompt ids with the tokenizer's leading specials (BOS) and never a trailing EOS.
+
+    A chat-templated prompt already holds its special tokens as text.
+    """
+    ids = tokenizer(prompt, add_special_tokens=not templated)["input_ids"]
+    if ids and ids[-1] == tokenizer.eos_token_id and not templated:
+        ids = ids[:-1]  # T5-style tokenizers append EOS to every text
+    return ids
+
+
+def encode_completion(tokenizer: Any, completion: str) -> list[int]:
+    """Completion ids ending in exactly one EOS, so the model learns to stop."""
+    ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    if not ids or ids[-1] != tokenizer.eos_token_id:
+        ids = ids + [tokenizer.eos_token_id]
+    return ids
+
+
+def fit_to_length(
+    prompt: list[int], completion: list[int], max_length: int
+) -> tuple[list[int], list[int]] | None:
+    """Truncation policy: cut the prompt's left side (its end is what the answer follows).
+
+    Keeps at least one prompt token; cuts the completion's end only when the completion alone is
+    longer than ``max_length - 1``. Returns None when there is nothing left to learn from.
+    """
+    if len(prompt) + len(completion) <= max_length:
+        return prompt, completion
+    completion = completion[: max_length - 1]
+    prompt = prompt[len(prompt) - (max_length - len(completion)) :]
+    return (prompt, completion) if prompt and completion else None

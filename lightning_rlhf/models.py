@@ -1,0 +1,251 @@
+"""One loader and one exporter for every stage.
+
+``model_name_or_path`` is a hub name or a local directory; both go through ``from_pretrained``.
+Causal LMs (policy, SFT, reference) and scalar-head models (reward, critic) share the same options.
+A stage's result is exported as an ordinary Hugging Face directory that the next stage loads.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from lightning_rlhf.io import atomic_dir
+
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+@dataclass
+class LoraOptions:
+    """LoRA adapters (peft). The reference policy of a LoRA policy is the same model, adapters off.
+
+    Attributes:
+        r: adapter rank.
+        alpha: scaling numerator (the update is scaled by alpha / r).
+        dropout: dropout on the adapter input.
+        target_modules: module names to adapt; "all-linear" adapts every linear layer but the head.
+        merge_on_export: merge adapters into the base weights on export (an ordinary model
+            directory); False saves the adapter alone, loadable with peft.
+    """
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] | str = "all-linear"
+    merge_on_export: bool = True
+
+    def __post_init__(self) -> None:
+        if self.r <= 0:
+            raise ValueError(f"lora.r must be positive, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class ModelOptions:
+    """How a model is loaded; shared by every stage.
+
+    Attributes:
+        dtype: weight dtype at load ("auto" keeps the checkpoint's). Use bf16 mixed precision
+            through ``trainer.precision`` rather than bf16 weights for full fine-tuning.
+        attn_implementation: "sdpa", "eager", "flash_attention_2", ... or None for the default.
+        gradient_checkpointing: recompute activations in backward to save memory.
+        trust_remote_code: run modelling code shipped with a hub checkpoint. Off: only turn it on
+            for a checkpoint whose code you have read.
+        lora: LoRA adapters; None trains all weights.
+    """
+
+    dtype: DType = "auto"
+    attn_implementation: str | None = "sdpa"
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+    lora: LoraOptions | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_path(name_or_path: str) -> None:
+    """Fail early, naming the path, when a local-looking path does not exist."""
+    path = Path(name_or_path).expanduser()
+    local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if (local or path.parent.is_dir() and str(path.parent) != ".") and not path.is_dir():
+        raise FileNotFoundError(_missing(name_or_path))
+
+
+def _missing(name_or_path: str) -> str:
+    return (
+        f"model '{name_or_path}' is neither a local directory nor a hub model that could be "
+        f"loaded. For the embedded default run `python -m lightning_rlhf init-model {name_or_path}`"
+        "; for a hub model give its name (e.g. Qwen/Qwen2.5-0.5B) on a machine that can reach it."
+    )
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, padding_side: str = "right"):
+    """The tokenizer saved beside a model, with a pad token guaranteed (EOS when it has none)."""
+    from transformers import AutoTokenizer
+
+    _check_path(name_or_path)
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise FileNotFoundError(_missing(name_or_path)) from err
+    if tok.eos_token_id is None:
+        raise ValueError(
+            f"tokenizer of '{name_or_path}' has no EOS token; set one (tokenizer.eos_token) "
+            "so responses can end"
+        )
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token  # the attention mask, not the id, marks padding
+    tok.padding_side = padding_side
+    return tok
+
+
+def _from_pretrained(auto_cls, name_or_path: str, options: ModelOptions, **kwargs):
+    _check_path(name_or_path)
+    kwargs = {**options.extra, **kwargs}
+    if options.attn_implementation:
+        kwargs["attn_implementation"] = options.attn_implementation
+    dtype = options.dtype if options.dtype == "auto" else getattr(torch, options.dtype)
+    try:
+        model = auto_cls.from_pretrained(
+            name_or_path,
+            dtype=dtype,
+            trust_remote_code=options.trust_remote_code,
+            use_safetensors=_has_safetensors(name_or_path),
+            **kwargs,
+        )
+    except OSError as err:
+        raise FileNotFoundError(_missing(name_or_path)) from err
+    if options.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model
+
+
+def _has_safetensors(name_or_path: str) -> bool | None:
+    """Local directories must hold safetensors (a pickle can run code); hub repos are asked for them."""
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        return True
+    if any(path.glob("*.safetensors")) or (path / "adapter_config.json").exists():
+        return True
+    if any(path.glob("*.bin")) or any(path.glob("*.pt")):
+        raise ValueError(
+            f"'{name_or_path}' holds only pickled weights (*.bin/*.pt), which can execute code when "
+            "loaded; convert them to safetensors first"
+        )
+    return True
+
+
+def _apply_lora(model: nn.Module, lora: LoraOptions, task_type: str, modules_to_save=None):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type=task_type,
+        modules_to_save=modules_to_save,
+    )
+    return get_peft_model(model, config)
+
+
+def load_causal_lm(name_or_path: str, options: ModelOptions | None = None) -> nn.Module:
+    """A causal LM (policy, SFT model, reference), LoRA-wrapped when ``options.lora`` is set."""
+    from transformers import AutoModelForCausalLM
+
+    options = options or ModelOptions()
+    model = _from_pretrained(AutoModelForCausalLM, name_or_path, options)
+    if options.lora is not None:
+        model = _apply_lora(model, options.lora, "CAUSAL_LM")
+    return model
+
+
+def load_scalar_model(
+    name_or_path: str, options: ModelOptions | None = None, pad_token_id: int | None = None
+) -> nn.Module:
+    """The LM with a scalar head (reward model, critic): ``AutoModelForSequenceClassification``."""
+    from transformers import AutoModelForSequenceClassification
+
+    options = options or ModelOptions()
+    model = _from_pretrained(
+        AutoModelForSequenceClassification, name_or_path, options, num_labels=1
+    )
+    if pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id  # HF reads the score at the last non-pad token
+    if options.lora is not None:
+        model = _apply_lora(model, options.lora, "SEQ_CLS", modules_to_save=["score"])
+    return model
+
+
+def export_hf(
+    model: nn.Module,
+    tokenizer: Any,
+    out_dir: str | Path,
+    merge_lora: bool = True,
+    extra_json: dict[str, dict] | None = None,
+) -> Path:
+    """Save ``model`` + ``tokenizer`` as a Hugging Face directory, atomically.
+
+    A LoRA model is merged into its base (``merge_lora``) or saved as an adapter. ``extra_json``
+    writes further files (e.g. reward statistics) beside the weights. Weights are safetensors.
+    """
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel) and merge_lora:
+        import copy
+
+        model = copy.deepcopy(model).merge_and_unload()
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        for name, payload in (extra_json or {}).items():
+            (tmp / name).write_text(json.dumps(payload, indent=2) + "\n")
+    return Path(out_dir)
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) index of the last real token of each row, under left or right padding."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.long() * (positions + 1)).argmax(dim=1)  # +1: an all-pad row gives 0
+
+
+def token_scalars(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(B, T) float32 head output at every position of a scalar-head model (reward or value).
+
+    Reads the head ourselves instead of the model's pooled output: transformers pools at the token
+    before the first ``pad_token_id``, which is wrong when pad == EOS or under left padding.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = getattr(base, "score", None)
+    head = getattr(base, "classifier", None) if head is None else head
+    if head is None:
+        raise ValueError(f"{type(base).__name__} has no `score` or `classifier` head")
+    trunk = getattr(base, base.base_model_prefix)
+    if position_ids is None:  # left padding: positions count real tokens only
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    hidden = trunk(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=False,
+    ).last_hidden_state  # (B, T, H)
+    return head(hidden).squeeze(-1).float()
+
+
+def sequence_scores(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """(B,) reward of each sequence, read at its last real token."""
+    values = token_scalars(model, input_ids, attention_mask)  # (B, T)
+    return values.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1)

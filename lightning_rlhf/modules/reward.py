@@ -1,0 +1,151 @@
+"""RewardModule: the LM with a scalar head, trained on preference pairs with the Bradley–Terry loss."""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torchmetrics import CatMetric, MeanMetric
+
+from lightning_rlhf.losses import bradley_terry_loss
+from lightning_rlhf.models import ModelOptions, load_scalar_model, sequence_scores
+from lightning_rlhf.modules.base import StageModule
+from lightning_rlhf.optim import ScheduleOptions
+from lightning_rlhf.rewards import RewardFunction
+from lightning_rlhf.types import PreferenceBatch
+
+
+def reward_adamw(params) -> torch.optim.Optimizer:
+    """AdamW, lr 5e-4: a reward model starts from a trained LM and needs a gentler step than SFT."""
+    return torch.optim.AdamW(params, lr=5e-4, weight_decay=0.0)
+
+
+class RewardModule(StageModule):
+    """Reward model r(x, y): learns to score the chosen response above the rejected one.
+
+    Loss: mean over pairs of -log σ(r(x, y_w) − r(x, y_l) − margin), plus
+    ``center_coef`` × mean((r_w + r_l)²) to keep rewards centred on zero. The score is read at the
+    last real token of each sequence (its EOS), under any padding.
+
+    Args:
+        model_name_or_path: the SFT export or any base causal LM; a new scalar head is added.
+        model: loading options (dtype, attention, gradient checkpointing, LoRA, remote code).
+        optimizer: optimiser factory, given the trainable parameters.
+        schedule: learning-rate warm-up and decay.
+        center_coef: weight of the reward-centering term (0 turns it off).
+        oracle: a RewardFunction (the bundled task's ``TaskOracle``) whose ranking of each pair the
+            reward model's is compared with at validation; None skips the agreement metric.
+        num_logged_pairs: pairs with their rewards logged as a table at each validation.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = "artifacts/sft",
+        model: ModelOptions = ModelOptions(),
+        optimizer: OptimizerCallable = reward_adamw,
+        schedule: ScheduleOptions = ScheduleOptions(warmup_steps=50),
+        center_coef: float = 0.0,
+        oracle: RewardFunction | None = None,
+        num_logged_pairs: int = 8,
+    ) -> None:
+        super().__init__(model_name_or_path, model, optimizer, schedule)
+        if center_coef < 0:
+            raise ValueError(f"center_coef must be >= 0, got {center_coef}")
+        self.save_hyperparameters(ignore=["optimizer", "oracle"])
+        self.center_coef = center_coef
+        self.oracle = oracle
+        self.num_logged_pairs = num_logged_pairs
+        self.val_metrics = torch.nn.ModuleDict(
+            {
+                k: MeanMetric()
+                for k in (
+                    "accuracy",
+                    "chosen_reward",
+                    "rejected_reward",
+                    "margin",
+                    "oracle_agreement",
+                )
+            }
+        )
+        self.val_rewards = CatMetric()  # every validation reward, for the stats stored at export
+        self.reward_stats: dict[str, float] = {}
+        self._pairs: list[list] = []
+
+    def load_model(self) -> torch.nn.Module:
+        return load_scalar_model(
+            self.model_name_or_path, self.model_options, self.tokenizer.pad_token_id
+        )
+
+    def _step(self, batch: PreferenceBatch):
+        scores = sequence_scores(self.model, batch.input_ids, batch.attention_mask)  # (2B,)
+        chosen, rejected = scores.chunk(2)  # (B,), (B,)
+        loss, stats = bradley_terry_loss(chosen, rejected, batch.margin, self.center_coef)
+        return loss, stats, chosen.detach(), rejected.detach()
+
+    def training_step(self, batch: PreferenceBatch, batch_idx: int) -> torch.Tensor:
+        loss, stats, _, _ = self._step(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log_dict({f"train/{k}": v for k, v in stats.items() if k != "bt_loss"})
+        return loss
+
+    def _oracle_agreement(
+        self, batch: PreferenceBatch, chosen: torch.Tensor, rejected: torch.Tensor
+    ) -> None:
+        n = len(batch.prompts)
+        o = self.oracle(batch.prompts * 2, batch.responses).to(chosen.device)  # (2B,)
+        o_chosen, o_rejected = o[:n], o[n:]
+        decided = o_chosen != o_rejected  # the oracle ties some pairs; they say nothing
+        if decided.any():
+            agree = (chosen > rejected) == (o_chosen > o_rejected)
+            self.val_metrics["oracle_agreement"].update(agree[decided].float())
+
+    def validation_step(self, batch: PreferenceBatch, batch_idx: int) -> None:
+        _, stats, chosen, rejected = self._step(batch)
+        n = chosen.numel()
+        for key, value in (
+            ("accuracy", (chosen > rejected).float()),
+            ("chosen_reward", chosen),
+            ("rejected_reward", rejected),
+            ("margin", chosen - rejected),
+        ):
+            self.val_metrics[key].update(value)
+        self.val_rewards.update(torch.cat([chosen, rejected]))
+        if self.oracle is not None:
+            self._oracle_agreement(batch, chosen, rejected)
+        for i in range(min(n, self.num_logged_pairs - len(self._pairs))):
+            self._pairs.append(
+                [
+                    batch.prompts[i],
+                    batch.responses[i],
+                    batch.responses[n + i],
+                    float(chosen[i]),
+                    float(rejected[i]),
+                ]
+            )
+
+    def on_validation_epoch_end(self) -> None:
+        from lightning_rlhf.logs import log_histogram, log_samples
+
+        for key, metric in self.val_metrics.items():
+            if metric.update_count:
+                self.log(f"val/{key}", metric.compute(), prog_bar=key == "accuracy")
+            metric.reset()
+        if self.val_rewards.update_count:
+            rewards = self.val_rewards.compute().float()
+            self.reward_stats = {
+                "mean": rewards.mean().item(),
+                "std": rewards.std().item(),
+                "count": rewards.numel(),
+            }
+            log_histogram(self.trainer, "val/rewards", rewards)
+        self.val_rewards.reset()
+        log_samples(
+            self.trainer,
+            "val/pairs",
+            ["prompt", "chosen", "rejected", "r_chosen", "r_rejected"],
+            self._pairs,
+        )
+        self._pairs = []
+
+    def export_extras(self) -> dict[str, dict]:
+        """reward_stats.json: mean and std of rewards over the validation pairs, for normalisation."""
+        return {"reward_stats.json": self.reward_stats} if self.reward_stats else {}

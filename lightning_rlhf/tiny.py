@@ -1,0 +1,50 @@
+"""The embedded default model: a tiny Llama with a byte-level tokenizer, built from a config.
+
+It is written as an ordinary Hugging Face directory, so every stage loads it exactly as it would load
+``Qwen/Qwen2.5-0.5B``: ``from_pretrained(path)``. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from lightning_rlhf.io import atomic_dir
+
+
+def init_tiny_model(
+    out_dir: str | Path,
+    hidden_size: int = 128,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    max_positions: int = 128,
+    seed: int = 0,
+) -> Path:
+    """Write a randomly initialised Llama (~1.1M parameters at the defaults) and its tokenizer.
+
+    The tokenizer is ByT5's byte tokenizer (needs no files): ids 0 pad, 1 EOS, 2 unk, 3-258 bytes.
+    """
+    from transformers import ByT5Tokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = ByT5Tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),  # 384: 259 byte/special ids + ByT5's 125 extra ids
+        hidden_size=hidden_size,
+        intermediate_size=4 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return Path(out_dir)

@@ -1,0 +1,81 @@
+"""Typed containers that travel between data, rollout and update, with the shape of every field."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from torch import Tensor
+
+
+class LMBatch(NamedTuple):
+    """A right-padded batch for next-token training (SFT).
+
+    input_ids:      (B, T) prompt + completion ids, pad after the end
+    attention_mask: (B, T) 1 on real tokens
+    labels:         (B, T) = input_ids on completion tokens, -100 on prompt and pad (not yet shifted)
+    position_ids:   (B, T) or None; restarts at 0 at each example of a packed row
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    labels: Tensor
+    position_ids: Tensor | None = None
+
+
+class PromptBatch(NamedTuple):
+    """A left-padded batch of prompts, ready for generation.
+
+    input_ids:      (B, P) pad before the prompt, so every prompt ends at column P-1
+    attention_mask: (B, P)
+    prompts:        B prompt texts, as the reward functions and the oracle see them
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    prompts: list[str]
+
+
+class PreferenceBatch(NamedTuple):
+    """Chosen and rejected in one right-padded batch, so one forward scores both.
+
+    input_ids:      (2B, T) rows 0..B-1 chosen, rows B..2B-1 rejected (same order of pairs)
+    attention_mask: (2B, T)
+    margin:         (B,) required margin per pair (zeros when the data has none)
+    prompts:        B prompt texts (for the oracle's agreement)
+    responses:      2B response texts, chosen then rejected
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    margin: Tensor
+    prompts: list[str]
+    responses: list[str]
+
+
+class Rollout(NamedTuple):
+    """One PPO rollout: prompts, sampled responses and what was computed on them once, no grad.
+
+    query_ids:      (B, P) left-padded prompts
+    query_mask:     (B, P)
+    response_ids:   (B, R) sampled tokens, pad after the first EOS
+    response_mask:  (B, R) 1 up to and including the first EOS
+    logprobs:       (B, R) log π_old(token), masked positions 0
+    ref_logprobs:   (B, R) log π_ref(token)
+    values:         (B, R) V_old(state before token)
+    scores:         (B,)   reward of each full response (after normalisation, clipping, penalties)
+    rewards:        (B, R) per-token reward: −β·KL, plus the score at the last response token
+    advantages:     (B, R) GAE advantages (whitened if configured)
+    returns:        (B, R) advantages + values
+    """
+
+    query_ids: Tensor
+    query_mask: Tensor
+    response_ids: Tensor
+    response_mask: Tensor
+    logprobs: Tensor
+    ref_logprobs: Tensor
+    values: Tensor
+    scores: Tensor
+    rewards: Tensor
+    advantages: Tensor
+    returns: Tensor

@@ -1,0 +1,35 @@
+import os
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A 2-layer, hidden-32 Llama with the byte tokenizer: the embedded default, smaller."""
+    from lightning_rlhf.tiny import init_tiny_model
+
+    return str(
+        init_tiny_model(tmp_path_factory.mktemp("models") / "tiny", hidden_size=32, num_layers=2)
+    )
+
+
+@pytest.fixture(scope="session")
+def task_dir(tmp_path_factory):
+    from lightning_rlhf.tasks import write_task_data
+
+    out = tmp_path_factory.mktemp("data") / "task"
+    write_task_data(out, seed=7, scale=0.1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model_dir):
+    from lightning_rlhf.models import load_tokenizer
+
+    return load_tokenizer(tiny_model_dir)

@@ -1,0 +1,111 @@
+"""The real CLI in a subprocess: SFT trains, exports a loadable model, and beats the untrained one."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from lightning_rlhf.evaluate import evaluate_policy
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+def cli(*args, cwd, check=True):
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_rlhf", *args], cwd=cwd, capture_output=True, text=True
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
+    return proc
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory):
+    """Default-size model, 300 steps of the shipped config with a CSV logger (~40 s on 2 cores)."""
+    d = tmp_path_factory.mktemp("sft_cli")
+    cli("init-model", str(d / "base"), cwd=d)
+    cli("make-data", str(d / "task"), "--scale", "0.25", cwd=d)
+    args = [
+        "fit", "--config", str(ROOT / "configs/sft.yaml"),
+        "--model.model_name_or_path", str(d / "base"),
+        "--data.train_path", str(d / "task/sft_train.jsonl"),
+        "--data.val_path", str(d / "task/sft_val.jsonl"),
+        "--data.num_eval_prompts", "64",
+        "--trainer.max_steps", "300", "--trainer.val_check_interval", "150",
+        "--trainer.log_every_n_steps", "10",
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+        "--trainer.logger.save_dir", str(d / "logs"),
+        # a list replaces the shipped config's callbacks
+        "--trainer.callbacks", json.dumps([{"class_path": "lightning_rlhf.callbacks.HFExport",
+                                            "init_args": {"dirpath": str(d / "sft")}}]),
+        "--trainer.enable_checkpointing", "false",
+    ]  # fmt: skip
+    proc = cli(*args, cwd=d)
+    return d, proc
+
+
+def test_loss_falls_and_export_loads(sft_run):
+    from transformers import AutoModelForCausalLM
+
+    d, proc = sft_run
+    metrics = next((d / "logs").rglob("metrics.csv")).read_text().splitlines()
+    header = metrics[0].split(",")
+    col = header.index("train/loss")
+    losses = [float(r.split(",")[col]) for r in metrics[1:] if r.split(",")[col]]
+    assert len(losses) >= 20
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:2]) / 2
+    assert "exported to" in proc.stderr + proc.stdout
+    model = AutoModelForCausalLM.from_pretrained(d / "sft")
+    assert sum(p.numel() for p in model.parameters()) == 1_098_880
+
+
+def test_exported_policy_beats_untrained_on_held_out_prompts(sft_run):
+    d, _ = sft_run
+    prompts = str(d / "task/prompts_val.jsonl")
+    before = evaluate_policy(str(d / "base"), prompts, limit=200)["all"]
+    after = evaluate_policy(str(d / "sft"), prompts, limit=200)["all"]
+    assert after > before + 0.2, (before, after)
+
+
+def test_print_config_help_and_validate(sft_run, tmp_path):
+    d, _ = sft_run
+    out = cli("fit", "--config", str(ROOT / "configs/sft.yaml"), "--print_config", cwd=ROOT).stdout
+    cfg = yaml.safe_load(out)
+    assert cfg["model"]["class_path"] == "lightning_rlhf.SFTModule"
+    assert cfg["data"]["init_args"]["max_length"] == 32
+    helptext = " ".join(
+        cli("fit", "--model.help", "lightning_rlhf.SFTModule", cwd=ROOT).stdout.split()
+    )
+    assert "hub name or local directory of the pretrained causal LM" in helptext
+    val = cli(
+        "validate", "--config", str(ROOT / "configs/sft.yaml"),
+        "--model.model_name_or_path", str(d / "sft"),
+        "--data.val_path", str(d / "task/sft_val.jsonl"), "--data.num_eval_prompts", "32",
+        "--trainer.logger", "false", "--trainer.callbacks", "[]",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert "val/oracle_score" in val.stdout
+
+
+def test_missing_model_path_fails_before_training(tmp_path):
+    proc = cli(
+        "fit", "--config", str(ROOT / "configs/sft.yaml"),
+        "--model.model_name_or_path", str(tmp_path / "missing"), "--trainer.logger", "false",
+        cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "missing' is neither a local directory nor a hub model" in proc.stderr
+    assert "init-model" in proc.stderr
+
+
+def test_every_shipped_config_parses():
+    configs = sorted((ROOT / "configs").rglob("*.yaml"))
+    assert configs, "no configs found"
+    for path in configs:
+        proc = cli("fit", "--config", str(path), "--print_config", cwd=ROOT, check=False)
+        assert proc.returncode == 0, f"{path}: {proc.stderr[-2000:]}"
+        json.dumps(yaml.safe_load(proc.stdout))
