@@ -1,20 +1,30 @@
 """The reward interface: anything that maps (prompts, responses) to one score per response.
 
-A reward is chosen in YAML by ``class_path``: the bundled task's oracle, a user's Python class, a
-reward-model directory, or a weighted sum of several.
+A reward is chosen in YAML by ``class_path``: the bundled task's oracle, a reward-model directory,
+a weighted sum of several, or a user's own ``RewardFunction`` subclass. Rewards see text, so a
+reward model with another tokenizer than the policy's just works (it re-tokenises).
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 
 class RewardFunction:
-    """Base class: ``reward(prompts, responses) -> (B,) float tensor``; subclass and implement."""
+    """Base class: ``reward(prompts, responses) -> (B,) float tensor``; subclass and implement.
+
+    ``to(device)`` is called once before training with the policy's device.
+    """
 
     def __call__(self, prompts: list[str], responses: list[str]) -> Tensor:
         raise NotImplementedError
+
+    def to(self, device: torch.device | str) -> RewardFunction:
+        return self
 
 
 class TaskOracle(RewardFunction):
@@ -24,3 +34,96 @@ class TaskOracle(RewardFunction):
         from lightning_rlhf.tasks import score
 
         return torch.tensor([score(p, r) for p, r in zip(prompts, responses)], dtype=torch.float32)
+
+
+class RewardModel(RewardFunction):
+    """A reward model exported by the reward stage (or any sequence-classification model).
+
+    The prompt and response texts are tokenised with the reward model's own tokenizer, EOS appended
+    as in training, and scored at the last token.
+
+    Args:
+        name_or_path: the reward model's directory or hub name.
+        normalize: subtract the mean and divide by the std stored in ``reward_stats.json`` at
+            export (ignored when the file is absent).
+        batch_size: sequences per forward pass.
+        dtype: weight dtype ("auto" keeps the checkpoint's).
+        trust_remote_code: allow the model's own code from the hub.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str = "artifacts/rm",
+        normalize: bool = True,
+        batch_size: int = 256,
+        dtype: str = "auto",
+        trust_remote_code: bool = False,
+    ) -> None:
+        from lightning_rlhf.models import ModelOptions, load_scalar_model, load_tokenizer
+
+        self.name_or_path = name_or_path
+        self.tokenizer = load_tokenizer(name_or_path, trust_remote_code)
+        options = ModelOptions(dtype=dtype, trust_remote_code=trust_remote_code)
+        self.model = load_scalar_model(name_or_path, options, self.tokenizer.pad_token_id).eval()
+        self.model.requires_grad_(False)
+        self.batch_size = batch_size
+        self.mean, self.std = 0.0, 1.0
+        stats = Path(name_or_path) / "reward_stats.json"
+        if normalize and stats.exists():
+            s = json.loads(stats.read_text())
+            self.mean, self.std = float(s["mean"]), max(float(s["std"]), 1e-6)
+
+    def to(self, device: torch.device | str) -> RewardModel:
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], responses: list[str]) -> Tensor:
+        from lightning_rlhf.data.collate import pad
+        from lightning_rlhf.data.text import encode_completion, encode_prompt
+        from lightning_rlhf.models import sequence_scores
+
+        device = next(self.model.parameters()).device
+        tok = self.tokenizer
+        seqs = [encode_prompt(tok, p) + encode_completion(tok, r) for p, r in zip(prompts, responses)]
+        out = []
+        for i in range(0, len(seqs), self.batch_size):
+            chunk = seqs[i : i + self.batch_size]
+            ids = pad(chunk, tok.pad_token_id).to(device)
+            mask = pad([[1] * len(s) for s in chunk], 0).to(device)
+            out.append(sequence_scores(self.model, ids, mask))
+        return ((torch.cat(out) - self.mean) / self.std).float().cpu()
+
+
+class WeightedSum(RewardFunction):
+    """Σ_i weight_i · reward_i(prompts, responses).
+
+    Args:
+        rewards: the reward functions.
+        weights: one weight per reward function (default: all 1).
+    """
+
+    def __init__(self, rewards: list[RewardFunction], weights: list[float] | None = None) -> None:
+        weights = [1.0] * len(rewards) if weights is None else weights
+        if not rewards or len(weights) != len(rewards):
+            raise ValueError(f"WeightedSum needs one weight per reward: {len(rewards)} rewards, {len(weights)} weights")
+        self.rewards, self.weights = rewards, weights
+
+    def to(self, device: torch.device | str) -> WeightedSum:
+        for r in self.rewards:
+            r.to(device)
+        return self
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> Tensor:
+        return sum(w * r(prompts, responses) for w, r in zip(self.weights, self.rewards))
+
+
+def check_scores(scores: Tensor, n: int, source: object) -> Tensor:
+    """A reward must return n finite numbers; say which reward did not."""
+    scores = torch.as_tensor(scores, dtype=torch.float32).flatten() if not isinstance(scores, Tensor) else scores
+    if scores.shape != (n,):
+        raise ValueError(f"reward {type(source).__name__} returned shape {tuple(scores.shape)}, expected ({n},)")
+    if not torch.isfinite(scores).all():
+        bad = (~torch.isfinite(scores)).sum().item()
+        raise ValueError(f"reward {type(source).__name__} returned {bad} non-finite scores (NaN or Inf)")
+    return scores.float()

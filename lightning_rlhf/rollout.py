@@ -48,12 +48,15 @@ def generate(
     sampling: SamplingOptions,
     eos_token_id: int,
     pad_token_id: int,
+    synced: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Sample responses to left-padded prompts.
 
     Args:
         input_ids: (B, P) left-padded prompt ids.
         attention_mask: (B, P).
+        synced: keep generating until every rank is done (FSDP/ZeRO-3: each forward is a
+            collective, so a rank that stopped early would hang the others).
     Returns:
         response_ids: (B, R) with R <= max_new_tokens, pad after each row's first EOS.
         response_mask: (B, R) 1 on response tokens up to and including the first EOS.
@@ -72,6 +75,7 @@ def generate(
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
         use_cache=True,
+        synced_gpus=synced,
     )
     model.train(was_training)
     response = out[:, input_ids.shape[1] :]  # (B, R)

@@ -46,7 +46,9 @@ class StageModule(LightningModule):
             self.model.train()  # from_pretrained returns eval mode; Lightning toggles from here
 
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        return self._optimizers_for([p for p in self.model.parameters() if p.requires_grad])
+
+    def _optimizers_for(self, params: list[torch.nn.Parameter]) -> dict:
         optimizer = self.optimizer_factory(params)
         total = int(self.trainer.estimated_stepping_batches)
         return {

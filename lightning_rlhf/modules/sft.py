@@ -7,15 +7,16 @@ from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric
 
 from lightning_rlhf.losses import completion_nll
-from lightning_rlhf.models import ModelOptions, load_causal_lm
-from lightning_rlhf.modules.base import StageModule, adamw
+from lightning_rlhf.models import ModelOptions
+from lightning_rlhf.modules.base import adamw
+from lightning_rlhf.modules.policy import PolicyModule
 from lightning_rlhf.optim import ScheduleOptions
 from lightning_rlhf.rewards import RewardFunction
-from lightning_rlhf.rollout import SamplingOptions, decode_responses, generate
-from lightning_rlhf.types import LMBatch, PromptBatch
+from lightning_rlhf.rollout import SamplingOptions
+from lightning_rlhf.types import LMBatch
 
 
-class SFTModule(StageModule):
+class SFTModule(PolicyModule):
     """Supervised fine-tuning: the initial policy and reference policy of the RL stage.
 
     Args:
@@ -39,32 +40,12 @@ class SFTModule(StageModule):
         eval_sampling: SamplingOptions = SamplingOptions(max_new_tokens=8, temperature=0.0),
         num_logged_samples: int = 8,
     ) -> None:
-        super().__init__(model_name_or_path, model, optimizer, schedule)
+        super().__init__(
+            model_name_or_path, model, optimizer, schedule, oracle, eval_sampling, num_logged_samples
+        )
         self.save_hyperparameters(ignore=["optimizer", "oracle"])
-        self.oracle = oracle
-        self.eval_sampling = eval_sampling
-        self.num_logged_samples = num_logged_samples
         self.val_nll = MeanMetric()
         self.val_token_accuracy = MeanMetric()
-        self.val_oracle = MeanMetric()
-        self._samples: list[list] = []
-
-    def load_model(self):
-        return load_causal_lm(self.model_name_or_path, self.model_options)
-
-    def sample(
-        self, batch: PromptBatch, sampling: SamplingOptions
-    ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        """(response_ids (B, R), response_mask (B, R), response texts) for a prompt batch."""
-        ids, mask = generate(
-            self.model,
-            batch.input_ids,
-            batch.attention_mask,
-            sampling,
-            eos_token_id=self.tokenizer.eos_token_id,
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
-        return ids, mask, decode_responses(self.tokenizer, ids, mask)
 
     def _loss(self, batch: LMBatch):
         logits = self.model(
@@ -89,26 +70,13 @@ class SFTModule(StageModule):
             self.val_nll.update(stats["nll"], weight=stats["tokens"])
             self.val_token_accuracy.update(stats["token_accuracy"], weight=stats["tokens"])
             return
-        _, _, responses = self.sample(batch, self.eval_sampling)
-        scores = None
-        if self.oracle is not None:
-            scores = self.oracle(batch.prompts, responses)
-            self.val_oracle.update(scores)
-        if len(self._samples) < self.num_logged_samples:
-            for i in range(min(len(responses), self.num_logged_samples - len(self._samples))):
-                score = None if scores is None else float(scores[i])
-                self._samples.append([batch.prompts[i], responses[i], score])
+        self.score_generations(batch)
 
     def on_validation_epoch_end(self) -> None:
-        from lightning_rlhf.logs import log_samples
-
         if self.val_nll.update_count:
             nll = self.val_nll.compute()
             self.log_dict({"val/loss": nll, "val/perplexity": nll.exp()}, prog_bar=True)
             self.log("val/token_accuracy", self.val_token_accuracy.compute())
-        if self.val_oracle.update_count:
-            self.log("val/oracle_score", self.val_oracle.compute(), prog_bar=True)
-        for metric in (self.val_nll, self.val_token_accuracy, self.val_oracle):
+        for metric in (self.val_nll, self.val_token_accuracy):
             metric.reset()
-        log_samples(self.trainer, "val/samples", ["prompt", "response", "score"], self._samples)
-        self._samples = []
+        self.log_generation_scores()

@@ -1,0 +1,172 @@
+"""PromptDataModule: prompts for the RL stage, served by a loader that resumes where it stopped."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from functools import partial
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from lightning_rlhf.data.base import TextDataModule
+from lightning_rlhf.data.collate import collate_prompts
+from lightning_rlhf.data.load import require_columns
+from lightning_rlhf.data.text import PLAIN_CHAT_TEMPLATE, encode_prompt
+
+log = logging.getLogger(__name__)
+
+
+class ResumableSampler(Sampler[int]):
+    """A seeded shuffle per epoch, sharded over ranks, that can start part-way through an epoch.
+
+    Each rank takes every ``world_size``-th index of the same permutation (so the RL loader needs
+    ``trainer.use_distributed_sampler: false``). ``start`` counts indices of this rank's shard.
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.epoch, self.start = 0, 0
+
+    def _shard(self) -> list[int]:
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(self.n)
+        rank, world = 0, 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return order[rank::world].tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        start, self.start = self.start, 0
+        yield from self._shard()[start:]
+        self.epoch += 1
+
+    def __len__(self) -> int:
+        return len(self._shard()) - self.start
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader with ``state_dict``/``load_state_dict``: Lightning stores its position in each
+    checkpoint, so a resumed run neither repeats nor skips prompts.
+
+    Lightning's fetcher holds one batch ahead of the one being trained on (``prefetched``), so
+    that batch is not counted as consumed.
+    """
+
+    def __init__(self, data: list[dict], batch_size: int, seed: int, collate_fn, prefetched: int = 1):
+        self.resumable = ResumableSampler(len(data), seed)
+        super().__init__(data, batch_size=batch_size, sampler=self.resumable, collate_fn=collate_fn, drop_last=True)
+        self.prefetched = prefetched
+        self._epoch, self._start, self._yielded, self._exhausted = 0, 0, 0, False
+
+    def __iter__(self):
+        self._epoch, self._start = self.resumable.epoch, self.resumable.start
+        self._yielded, self._exhausted = 0, False
+        for batch in super().__iter__():
+            self._yielded += 1
+            yield batch
+        self._exhausted = True
+
+    def state_dict(self) -> dict[str, Any]:
+        consumed = self._yielded - (0 if self._exhausted else self.prefetched)
+        start = self._start + max(consumed, 0) * self.batch_size
+        if self._exhausted or start + self.batch_size > len(self.resumable._shard()):
+            return {"epoch": self._epoch + 1, "start": 0}  # the epoch is used up (drop_last)
+        return {"epoch": self._epoch, "start": start}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.resumable.epoch, self.resumable.start = state["epoch"], state["start"]
+
+
+class PromptDataModule(TextDataModule):
+    """Prompts for the RL stage: a ``prompt`` column of text, or ``messages`` rendered with the chat
+    template and its generation prompt. The train loader resumes mid-epoch from a checkpoint.
+
+    Args:
+        train_path: hub dataset name, local directory, or local .jsonl/.json/.parquet/.csv file.
+        val_path: held-out prompts, scored at validation; None holds out ``val_fraction``.
+        tokenizer: the policy's model directory or hub name (linked by the CLI).
+        train_split: split of ``train_path`` to read.
+        val_split: split of ``val_path`` to read.
+        subset: hub dataset configuration name.
+        val_fraction: fraction of training rows held out when ``val_path`` is None.
+        prompt_column: column holding the prompt text.
+        messages_column: column holding a conversation to continue (used when present).
+        max_prompt_length: longest prompt in tokens; longer prompts lose their left side
+            (``truncation="left"``) or are dropped and counted (``"drop"``).
+        truncation: policy for prompts longer than ``max_prompt_length``.
+        batch_size: prompts per rollout and device.
+        num_val_prompts: held-out prompts scored at each validation.
+        seed: seed of the held-out split and of the shuffle.
+        trust_remote_code: allow the tokenizer's own code from the hub.
+    """
+
+    def __init__(
+        self,
+        train_path: str = "artifacts/task/prompts_train.jsonl",
+        val_path: str | None = "artifacts/task/prompts_val.jsonl",
+        tokenizer: str = "artifacts/sft",
+        train_split: str = "train",
+        val_split: str = "train",
+        subset: str | None = None,
+        val_fraction: float = 0.05,
+        prompt_column: str = "prompt",
+        messages_column: str = "messages",
+        max_prompt_length: int = 64,
+        truncation: Literal["left", "drop"] = "left",
+        batch_size: int = 64,
+        num_val_prompts: int = 500,
+        seed: int = 0,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        if max_prompt_length < 1:
+            raise ValueError(f"max_prompt_length must be at least 1, got {max_prompt_length}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.save_hyperparameters()
+
+    def _encode(self, ds, source: str) -> list[dict]:
+        hp = self.hparams
+        chat = hp.messages_column in ds.column_names
+        if not chat:
+            require_columns(ds, [hp.prompt_column], source)
+        out, dropped, cut = [], 0, 0
+        for row in ds:
+            if chat:
+                template = getattr(self.tokenizer, "chat_template", None) or PLAIN_CHAT_TEMPLATE
+                prompt = self.tokenizer.apply_chat_template(
+                    row[hp.messages_column], chat_template=template, tokenize=False, add_generation_prompt=True
+                )
+            else:
+                prompt = row[hp.prompt_column]
+            if not isinstance(prompt, str) or not prompt.strip():
+                dropped += 1
+                continue
+            ids = encode_prompt(self.tokenizer, prompt, templated=chat)
+            if len(ids) > hp.max_prompt_length:
+                if hp.truncation == "drop":
+                    dropped += 1
+                    continue
+                ids, cut = ids[-hp.max_prompt_length :], cut + 1
+            out.append({"prompt_ids": ids, "prompt": prompt})
+        if dropped or cut:
+            log.warning("%s: %d prompts dropped (empty or too long), %d truncated", source, dropped, cut)
+        if len(out) < hp.batch_size and source.endswith(f"[{hp.train_split}]"):
+            raise ValueError(f"{source}: {len(out)} usable prompts, fewer than one batch ({hp.batch_size})")
+        if not out:
+            raise ValueError(f"{source}: no usable prompts among {len(ds)} rows")
+        return out
+
+    def train_dataloader(self) -> DataLoader:
+        collate = partial(collate_prompts, pad_token_id=self.tokenizer.pad_token_id)
+        return ResumableLoader(self.train_set, self.hparams.batch_size, self.hparams.seed, collate)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if not self.val_set:
+            return []
+        collate = partial(collate_prompts, pad_token_id=self.tokenizer.pad_token_id)
+        return DataLoader(self.val_set[: self.hparams.num_val_prompts], batch_size=256, collate_fn=collate)

@@ -1,0 +1,79 @@
+"""What the stages that train a causal LM share: sampling, and scoring generations at validation."""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torchmetrics import MeanMetric
+
+from lightning_rlhf.models import ModelOptions, load_causal_lm
+from lightning_rlhf.modules.base import StageModule
+from lightning_rlhf.optim import ScheduleOptions
+from lightning_rlhf.rewards import RewardFunction
+from lightning_rlhf.rollout import SamplingOptions, decode_responses, generate
+from lightning_rlhf.types import PromptBatch
+
+
+class PolicyModule(StageModule):
+    """Base of SFT and RL: a causal LM whose greedy answers to held-out prompts are scored by
+    ``oracle`` at every validation, with a table of samples."""
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        model: ModelOptions,
+        optimizer: OptimizerCallable,
+        schedule: ScheduleOptions,
+        oracle: RewardFunction | None,
+        eval_sampling: SamplingOptions,
+        num_logged_samples: int,
+    ) -> None:
+        super().__init__(model_name_or_path, model, optimizer, schedule)
+        self.oracle = oracle
+        self.eval_sampling = eval_sampling
+        self.num_logged_samples = num_logged_samples
+        self.val_oracle = MeanMetric()
+        self._samples: list[list] = []
+
+    def load_model(self) -> torch.nn.Module:
+        return load_causal_lm(self.model_name_or_path, self.model_options)
+
+    def sample(self, batch: PromptBatch, sampling: SamplingOptions) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """(response_ids (B, R), response_mask (B, R), response texts) for a prompt batch."""
+        ids, mask = generate(
+            self.model,
+            batch.input_ids,
+            batch.attention_mask,
+            sampling,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+            synced=self._sharded(),
+        )
+        return ids, mask, decode_responses(self.tokenizer, ids, mask)
+
+    def _sharded(self) -> bool:
+        """Under FSDP or DeepSpeed every rank must run the same number of generation steps."""
+        strategy = type(self.trainer.strategy).__name__ if self._trainer is not None else ""
+        return self._trainer is not None and self.trainer.world_size > 1 and (
+            "FSDP" in strategy or "DeepSpeed" in strategy
+        )
+
+    def score_generations(self, batch: PromptBatch) -> list[str]:
+        """Greedy answers to held-out prompts: oracle score and logged samples."""
+        _, _, responses = self.sample(batch, self.eval_sampling)
+        scores = None
+        if self.oracle is not None:
+            scores = self.oracle(batch.prompts, responses)
+            self.val_oracle.update(scores)
+        for i in range(min(len(responses), self.num_logged_samples - len(self._samples))):
+            self._samples.append([batch.prompts[i], responses[i], None if scores is None else float(scores[i])])
+        return responses
+
+    def log_generation_scores(self) -> None:
+        from lightning_rlhf.logs import log_samples
+
+        if self.val_oracle.update_count:
+            self.log("val/oracle_score", self.val_oracle.compute(), prog_bar=True)
+        self.val_oracle.reset()
+        log_samples(self.trainer, "val/samples", ["prompt", "response", "score"], self._samples)
+        self._samples = []

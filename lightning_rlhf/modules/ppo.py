@@ -1,0 +1,454 @@
+"""PPOModule: maximise E[r(x, y)] − β·KL(π‖πref) over responses the policy samples.
+
+One training step is one PPO iteration, under manual optimisation:
+
+    prompts ─ rollout (sample, no grad) ─ score (reward, π_old, π_ref, V_old: one forward each)
+            ─ per-token rewards (score − β·KL) ─ GAE ─ ppo_epochs × minibatches of manual_backward
+
+The maths (KL estimators, GAE, whitening, clipped losses) live in ``advantages.py`` and
+``losses.py``; this module orchestrates. ``trainer.max_steps`` counts optimizer steps:
+iterations × ppo_epochs × num_minibatches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from lightning_rlhf.advantages import (
+    KL_ESTIMATORS,
+    AdaptiveKLController,
+    FixedKLController,
+    gae,
+    masked_mean,
+    masked_var,
+    masked_whiten,
+    penalized_rewards,
+)
+from lightning_rlhf.losses import entropy_from_logits, ppo_policy_loss, token_logprobs, value_loss
+from lightning_rlhf.models import ModelOptions, load_causal_lm, load_scalar_model, token_scalars
+from lightning_rlhf.modules.policy import PolicyModule
+from lightning_rlhf.optim import ScheduleOptions
+from lightning_rlhf.rewards import RewardFunction, RewardModel, check_scores
+from lightning_rlhf.rollout import SamplingOptions
+from lightning_rlhf.types import PromptBatch, Rollout
+
+
+def ppo_adamw(params) -> torch.optim.Optimizer:
+    """AdamW, lr 1e-4: RL fine-tuning takes small steps from the SFT policy."""
+    return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
+
+
+@dataclass
+class PPOOptions:
+    """The PPO update.
+
+    Attributes:
+        ppo_epochs: passes over each rollout.
+        num_minibatches: minibatches per pass; each is one optimizer step.
+        micro_batch_size: sequences per forward/backward inside a minibatch (gradient
+            accumulation); None takes the whole minibatch at once.
+        clip_range: ε of the clipped surrogate, ratio kept in [1−ε, 1+ε].
+        clip_range_value: values kept within this distance of the rollout's; None: no clipping.
+        vf_coef: weight of the value loss in the total loss.
+        gamma: discount of GAE.
+        lam: λ of GAE.
+        whiten_advantages: normalise advantages to mean 0, std 1 over each rollout.
+        max_grad_norm: clip the gradient norm to this; None: no clipping.
+        samples_per_prompt: responses sampled per prompt in each rollout.
+    """
+
+    ppo_epochs: int = 4
+    num_minibatches: int = 4
+    micro_batch_size: int | None = None
+    clip_range: float = 0.2
+    clip_range_value: float | None = 0.2
+    vf_coef: float = 0.1
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_advantages: bool = True
+    max_grad_norm: float | None = 1.0
+    samples_per_prompt: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("ppo_epochs", "num_minibatches", "samples_per_prompt"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ppo.{name} must be at least 1, got {getattr(self, name)}")
+        if self.clip_range <= 0:
+            raise ValueError(f"ppo.clip_range must be > 0, got {self.clip_range}")
+        if self.clip_range_value is not None and self.clip_range_value <= 0:
+            raise ValueError(f"ppo.clip_range_value must be > 0 or null, got {self.clip_range_value}")
+        if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
+            raise ValueError(f"ppo.gamma and ppo.lam must be in [0, 1], got {self.gamma}, {self.lam}")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ValueError(f"ppo.micro_batch_size must be at least 1, got {self.micro_batch_size}")
+
+
+@dataclass
+class RewardShaping:
+    """What is done to each response's score before the KL penalty.
+
+    Attributes:
+        clip: clip scores to [−clip, clip]; None: no clipping.
+        missing_eos_penalty: subtracted from the score of a response that never emitted EOS
+            (it ran out of ``max_new_tokens``); None: no penalty.
+    """
+
+    clip: float | None = None
+    missing_eos_penalty: float | None = None
+
+
+class PPOModule(PolicyModule):
+    """RL fine-tuning with PPO and a per-token KL penalty to the reference policy.
+
+    Args:
+        model_name_or_path: the initial policy (the SFT export, or any causal LM).
+        ref_model_name_or_path: the reference policy πref; None uses the initial policy. With a
+            LoRA policy and None, πref is the same model with its adapters disabled (no copy).
+        reward: the reward of a (prompt, response): a ``RewardModel`` directory, the bundled
+            ``TaskOracle``, a ``WeightedSum``, or any ``RewardFunction``.
+        critic_name_or_path: the value model's initialisation (the reward model export by
+            default); None puts a value head on the policy's trunk instead.
+        model: loading options of the policy (dtype, attention, checkpointing, LoRA, remote code).
+        optimizer: optimiser factory, given the policy's and the critic's parameters.
+        schedule: learning-rate warm-up and decay over optimizer steps.
+        sampling: how rollouts are sampled (temperature, top-k, top-p, max_new_tokens).
+        ppo: the PPO update (epochs, minibatches, clipping, GAE, value coefficient).
+        kl_controller: β of the KL penalty: fixed, or adapted toward a target KL.
+        kl_estimator: the per-token KL estimator in the reward: "k1" (log-ratio) or "k3"
+            ((r−1) − log r, never negative); all of k1, k2, k3 are logged.
+        shaping: clipping and missing-EOS penalty applied to the scores.
+        oracle: scores rollouts and greedy answers to held-out prompts (the bundled
+            ``TaskOracle``); None skips the oracle metrics.
+        eval_sampling: how validation answers are generated (temperature 0 is greedy).
+        num_logged_samples: held-out prompts and answers logged as a table at validation.
+        log_samples_every_n_steps: rollout samples logged as a table every this many iterations.
+        nan_policy: a non-finite loss, reward or advantage stops the run ("raise") or skips the
+            iteration with a warning ("skip"); checkpoints are never written from it.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = "artifacts/sft",
+        ref_model_name_or_path: str | None = None,
+        reward: RewardFunction | None = None,
+        critic_name_or_path: str | None = "artifacts/rm",
+        model: ModelOptions = ModelOptions(),
+        optimizer: OptimizerCallable = ppo_adamw,
+        schedule: ScheduleOptions = ScheduleOptions(warmup_steps=10, decay="constant"),
+        sampling: SamplingOptions = SamplingOptions(),
+        ppo: PPOOptions = PPOOptions(),
+        kl_controller: FixedKLController | AdaptiveKLController = FixedKLController(0.05),
+        kl_estimator: Literal["k1", "k3"] = "k1",
+        shaping: RewardShaping = RewardShaping(),
+        oracle: RewardFunction | None = None,
+        eval_sampling: SamplingOptions = SamplingOptions(max_new_tokens=8, temperature=0.0),
+        num_logged_samples: int = 8,
+        log_samples_every_n_steps: int = 50,
+        nan_policy: Literal["raise", "skip"] = "raise",
+    ) -> None:
+        super().__init__(
+            model_name_or_path, model, optimizer, schedule, oracle, eval_sampling, num_logged_samples
+        )
+        self.save_hyperparameters(ignore=["optimizer", "oracle", "reward", "kl_controller"])
+        self.automatic_optimization = False
+        self.ref_model_name_or_path = ref_model_name_or_path
+        self.reward = reward if reward is not None else RewardModel("artifacts/rm")
+        self.critic_name_or_path = critic_name_or_path
+        self.sampling = sampling
+        self.ppo = ppo
+        self.kl_controller = kl_controller
+        self.kl_estimator = kl_estimator
+        self.shaping = shaping
+        self.log_samples_every_n_steps = log_samples_every_n_steps
+        self.nan_policy = nan_policy
+        self.critic: nn.Module | None = None
+        self.value_head: nn.Module | None = None
+        self._ref: list[nn.Module] = []  # a list: the frozen reference is neither trained nor saved
+        self.val_reward = MeanMetric()
+
+    # ----------------------------------------------------------------------------- models
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        super().configure_model()
+        lora = self.model_options.lora is not None
+        if self.ref_model_name_or_path is not None or not lora:
+            ref = load_causal_lm(self.ref_model_name_or_path or self.model_name_or_path)
+            self._ref = [ref.eval().requires_grad_(False)]
+        if self.critic_name_or_path is not None:
+            options = ModelOptions(
+                dtype=self.model_options.dtype,
+                attn_implementation=self.model_options.attn_implementation,
+                gradient_checkpointing=self.model_options.gradient_checkpointing,
+                trust_remote_code=self.model_options.trust_remote_code,
+                lora=self.model_options.lora,
+            )
+            self.critic = load_scalar_model(self.critic_name_or_path, options, self.tokenizer.pad_token_id)
+            self.critic.train()
+        else:
+            self.value_head = nn.Linear(self.model.config.hidden_size, 1)
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
+
+    def _check_context(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        max_prompt = getattr(datamodule, "hparams", {}).get("max_prompt_length") if datamodule else None
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        if max_prompt and context and max_prompt + self.sampling.max_new_tokens > context:
+            raise ValueError(
+                f"data.max_prompt_length ({max_prompt}) + model.sampling.max_new_tokens "
+                f"({self.sampling.max_new_tokens}) exceeds the policy's context window ({context})"
+            )
+
+    def on_fit_start(self) -> None:
+        self._check_context()
+        for ref in self._ref:
+            ref.to(self.device)
+        self.reward.to(self.device)
+
+    def on_validation_start(self) -> None:
+        self.on_fit_start()
+
+    # ----------------------------------------------------------------------------- forwards
+    def _sequence(self, r: Rollout | Any, idx: Tensor | slice = slice(None)):
+        ids = torch.cat([r.query_ids[idx], r.response_ids[idx]], dim=1)  # (b, P + R)
+        mask = torch.cat([r.query_mask[idx], r.response_mask[idx]], dim=1)
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: count real tokens
+        return ids, mask, positions
+
+    def _policy_outputs(self, model: nn.Module, r, idx, hidden: bool = False):
+        """Logits for the response positions, (b, R, V), and optionally the trunk's states."""
+        ids, mask, positions = self._sequence(r, idx)
+        resp_len = r.response_ids.shape[1]
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            logits_to_keep=resp_len + 1,  # no LM head over the prompt
+            output_hidden_states=hidden,
+            use_cache=False,
+        )
+        logits = out.logits[:, :-1]  # position t predicts response token t
+        states = out.hidden_states[-1][:, -resp_len - 1 : -1] if hidden else None
+        return logits.float() / max(self.sampling.temperature, 1e-6), states
+
+    def _ref_logits(self, r, idx):
+        if self._ref:
+            return self._policy_outputs(self._ref[0], r, idx)[0]
+        with self.model.disable_adapter():  # LoRA: πref is the base model
+            return self._policy_outputs(self.model, r, idx)[0]
+
+    def _values(self, r, idx, states: Tensor | None) -> Tensor:
+        """(b, R) value of the state before each response token."""
+        if self.critic is None:
+            return self.value_head(states).squeeze(-1).float()
+        ids, mask, positions = self._sequence(r, idx)
+        resp_len = r.response_ids.shape[1]
+        return token_scalars(self.critic, ids, mask, positions)[:, -resp_len - 1 : -1]
+
+    # ----------------------------------------------------------------------------- rollout
+    def _score(self, prompts: list[str], texts: list[str], mask: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
+        raw = check_scores(self.reward(prompts, texts), len(texts), self.reward).to(self.device)
+        scores = raw
+        if self.shaping.clip is not None:
+            scores = scores.clamp(-self.shaping.clip, self.shaping.clip)
+        if self.shaping.missing_eos_penalty is not None:
+            no_eos = ~(ids == self.tokenizer.eos_token_id).any(dim=1)
+            scores = scores - self.shaping.missing_eos_penalty * no_eos.float()
+        return raw, scores
+
+    @torch.no_grad()
+    def make_rollout(self, batch: PromptBatch) -> tuple[Rollout, dict[str, Any]]:
+        """Sample, score, and compute π_old, π_ref, V_old, rewards and advantages, once."""
+        k = self.ppo.samples_per_prompt
+        query_ids = batch.input_ids.repeat_interleave(k, dim=0)  # (B·k, P)
+        query_mask = batch.attention_mask.repeat_interleave(k, dim=0)
+        prompts = [p for p in batch.prompts for _ in range(k)]
+        t0 = time.perf_counter()
+        response_ids, response_mask, texts = self.sample(
+            PromptBatch(query_ids, query_mask, prompts), self.sampling
+        )
+        t1 = time.perf_counter()
+        raw, scores = self._score(prompts, texts, response_mask, response_ids)
+        partial = Rollout(query_ids, query_mask, response_ids, response_mask, *([None] * 7))
+        was_training = self.model.training
+        self.model.eval()  # no dropout in π_old: the ratio starts at exactly 1
+        logits, states = self._policy_outputs(self.model, partial, slice(None), hidden=self.critic is None)
+        logprobs = token_logprobs(logits, response_ids)
+        ref_logprobs = token_logprobs(self._ref_logits(partial, slice(None)), response_ids)
+        values = self._values(partial, slice(None), states)
+        self.model.train(was_training)
+        mask = response_mask.float()
+        logprobs, ref_logprobs, values = logprobs * mask, ref_logprobs * mask, values * mask
+        beta = self.kl_controller.beta
+        rewards, kl = penalized_rewards(scores, logprobs, ref_logprobs, mask, beta, self.kl_estimator)
+        advantages, returns = gae(rewards, values, mask, self.ppo.gamma, self.ppo.lam)
+        if self.ppo.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        t2 = time.perf_counter()
+        rollout = Rollout(
+            query_ids, query_mask, response_ids, response_mask, logprobs, ref_logprobs, values,
+            scores, rewards, advantages, returns,
+        )  # fmt: skip
+        info = {
+            "texts": texts,
+            "prompts": prompts,
+            "raw_scores": raw,
+            "kl": kl,
+            "time/generation": t1 - t0,
+            "time/scoring": t2 - t1,
+        }
+        return rollout, info
+
+    # ----------------------------------------------------------------------------- update
+    def _loss(self, r: Rollout, idx: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        mask = r.response_mask[idx].float()
+        logits, states = self._policy_outputs(self.model, r, idx, hidden=self.critic is None)
+        logprobs = token_logprobs(logits, r.response_ids[idx])
+        pg_loss, stats = ppo_policy_loss(logprobs, r.logprobs[idx], r.advantages[idx], mask, self.ppo.clip_range)
+        values = self._values(r, idx, states)
+        vf_loss, vstats = value_loss(values, r.values[idx], r.returns[idx], mask, self.ppo.clip_range_value)
+        with torch.no_grad():
+            stats["entropy"] = masked_mean(entropy_from_logits(logits), mask)
+        return pg_loss + self.ppo.vf_coef * vf_loss, {**stats, **vstats, "loss": (pg_loss + vf_loss).detach()}
+
+    def _check_finite(self, name: str, value: Tensor) -> bool:
+        if torch.isfinite(value).all():
+            return True
+        message = f"non-finite {name} at step {self.global_step} (iteration {self.iteration})"
+        if self.nan_policy == "raise":
+            raise FloatingPointError(message + "; set model.nan_policy: skip to skip such iterations")
+        rank_zero_warn(message + "; iteration skipped")
+        return False
+
+    def update(self, r: Rollout) -> dict[str, float]:
+        """ppo_epochs × num_minibatches optimizer steps over the rollout; mean statistics."""
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        n = r.response_ids.shape[0]
+        mb = max(1, n // self.ppo.num_minibatches)
+        micro = self.ppo.micro_batch_size or mb
+        totals: dict[str, float] = {}
+        count = 0
+        for _ in range(self.ppo.ppo_epochs):
+            order = torch.randperm(n, device=r.response_ids.device)
+            for start in range(0, mb * self.ppo.num_minibatches, mb):
+                minibatch = order[start : start + mb]
+                skip = False
+                for m in minibatch.split(micro):
+                    loss, stats = self._loss(r, m)
+                    if not self._check_finite("loss", loss):
+                        skip = True
+                        break
+                    self.manual_backward(loss * len(m) / len(minibatch))
+                    for key, value in stats.items():
+                        totals[key] = totals.get(key, 0.0) + value.item()
+                    count += 1
+                if skip:
+                    opt.zero_grad()
+                    continue
+                if self.ppo.max_grad_norm is not None:
+                    self.clip_gradients(opt, gradient_clip_val=self.ppo.max_grad_norm, gradient_clip_algorithm="norm")
+                opt.step()
+                opt.zero_grad()
+                sched.step()
+        return {k: v / max(count, 1) for k, v in totals.items()}
+
+    # ----------------------------------------------------------------------------- loop
+    @property
+    def iteration(self) -> int:
+        return self.global_step // (self.ppo.ppo_epochs * self.ppo.num_minibatches)
+
+    def training_step(self, batch: PromptBatch, batch_idx: int) -> None:
+        rollout, info = self.make_rollout(batch)
+        finite = all(
+            self._check_finite(name, t)
+            for name, t in (("rewards", rollout.rewards), ("advantages", rollout.advantages))
+        )
+        if not finite:
+            return
+        t0 = time.perf_counter()
+        stats = self.update(rollout)
+        info["time/update"] = time.perf_counter() - t0
+        self._log_iteration(rollout, info, stats)
+
+    def _log_iteration(self, r: Rollout, info: dict[str, Any], stats: dict[str, float]) -> None:
+        mask = r.response_mask.float()
+        log_ratio = r.logprobs - r.ref_logprobs  # (B, R), log π_old − log π_ref
+        per_seq = {name: (fn(r.logprobs, r.ref_logprobs) * mask).sum(1).mean() for name, fn in KL_ESTIMATORS.items()}
+        eos = (r.response_ids == self.tokenizer.eos_token_id).any(dim=1).float()
+        returns_var = masked_var(r.returns, mask)
+        explained = 1 - masked_var(r.returns - r.values, mask) / returns_var.clamp(min=1e-8)
+        metrics = {
+            "train/reward": info["raw_scores"].mean(),
+            "train/reward_shaped": r.scores.mean(),
+            "train/reward_with_penalty": (r.rewards * mask).sum(1).mean(),
+            **{f"train/kl_{name}": v for name, v in per_seq.items()},
+            "train/kl": (log_ratio * mask).sum(1).mean(),
+            "train/beta": torch.tensor(self.kl_controller.beta),
+            "train/response_length": mask.sum(1).mean(),
+            "train/eos_rate": eos.mean(),
+            "train/explained_variance": explained,
+            **{f"train/{k}": torch.tensor(v) for k, v in stats.items()},
+            **{k: torch.tensor(info[k]) for k in ("time/generation", "time/scoring", "time/update")},
+        }
+        if self.oracle is not None:
+            metrics["train/oracle_score"] = self.oracle(info["prompts"], info["texts"]).mean()
+        self.log_dict(metrics, sync_dist=True, prog_bar=False)
+        self.log("reward", metrics["train/reward"], prog_bar=True, logger=False)
+        self.log("kl", metrics["train/kl"], prog_bar=True, logger=False)
+        # the controller sees the KL of this rollout, averaged over ranks so all keep one β
+        kl_mean = self.trainer.strategy.reduce(metrics[f"train/kl_{self.kl_estimator}"].detach(), reduce_op="mean")
+        self.kl_controller.update(float(kl_mean), n_steps=r.response_ids.shape[0] * self.trainer.world_size)
+        if self.log_samples_every_n_steps and self.iteration % self.log_samples_every_n_steps == 1:
+            from lightning_rlhf.logs import log_samples
+
+            rows = [[p, t, float(s)] for p, t, s in zip(info["prompts"], info["texts"], info["raw_scores"])]
+            log_samples(self.trainer, "train/samples", ["prompt", "response", "reward"], rows[:16])
+
+    # ----------------------------------------------------------------------------- validation
+    def validation_step(self, batch: PromptBatch, batch_idx: int) -> None:
+        responses = self.score_generations(batch)
+        scores = check_scores(self.reward(batch.prompts, responses), len(responses), self.reward)
+        self.val_reward.update(scores)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_reward.update_count:
+            self.log("val/reward", self.val_reward.compute(), prog_bar=True)
+        self.val_reward.reset()
+        self.log_generation_scores()
+
+    # ----------------------------------------------------------------------------- state
+    def configure_optimizers(self):
+        groups = [p for p in self.model.parameters() if p.requires_grad]
+        critic = self.critic if self.critic is not None else self.value_head
+        params = groups + [p for p in critic.parameters() if p.requires_grad]
+        return super()._optimizers_for(params)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["kl_controller"] = self.kl_controller.state_dict()
+        checkpoint["rng"] = {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "kl_controller" in checkpoint:
+            self.kl_controller.load_state_dict(checkpoint["kl_controller"])
+        rng = checkpoint.get("rng")
+        if rng is not None:
+            torch.set_rng_state(rng["torch"])
+            random.setstate(rng["python"])
+            if rng.get("cuda") is not None and torch.cuda.is_available():
+                with contextlib.suppress(RuntimeError):
+                    torch.cuda.set_rng_state_all(rng["cuda"])
