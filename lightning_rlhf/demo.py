@@ -12,8 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-# (stage, config, export directory, policy evaluated after it)
-STAGES = [("sft", "configs/sft.yaml", "artifacts/sft", "artifacts/sft")]
+# (stage, config, policy evaluated after it: None for the reward model)
+STAGES = [
+    ("sft", "configs/sft.yaml", "artifacts/sft"),
+    ("reward", "configs/reward.yaml", None),
+    ("ppo", "configs/ppo.yaml", "artifacts/ppo"),
+]
 
 
 def _run(cmd: list[str]) -> None:
@@ -36,21 +40,32 @@ def main(argv: list[str] | None = None) -> dict:
     wanted = a.stages.split(",")
     scores = {"base": evaluate_policy("artifacts/tiny-base", "artifacts/task/prompts_val.jsonl")}
     times: dict[str, float] = {}
-    for stage, config, _export, policy in STAGES:
+    for stage, config, policy in STAGES:
         if stage not in wanted:
             continue
         start = time.perf_counter()
         _run([py, "-m", "lightning_rlhf", "fit", "--config", config])
         times[stage] = time.perf_counter() - start
-        scores[stage] = evaluate_policy(policy, "artifacts/task/prompts_val.jsonl")
-    summary = {"oracle_score": scores, "seconds": times}
+        if policy is not None:
+            scores[stage] = evaluate_policy(policy, "artifacts/task/prompts_val.jsonl")
+    summary: dict = {"oracle_score": scores, "seconds": times}
+    if "reward" in times:
+        stats = json.loads(Path("artifacts/rm/reward_stats.json").read_text())
+        summary["reward_accuracy"] = stats.get("val_accuracy")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print("\nstage   oracle score (held-out prompts, greedy)   wall time")
-    for stage, s in scores.items():
+    print("\nstage    oracle score on held-out prompts (greedy)    wall time")
+    for stage in ["base", *times]:
         secs = f"{times[stage]:.0f} s" if stage in times else "-"
-        per_task = ", ".join(f"{k} {v:.2f}" for k, v in s.items() if k != "all")
-        print(f"{stage:<7} {s['all']:.3f}  ({per_task})   {secs}")
+        if stage in scores:
+            s = scores[stage]
+            per_task = ", ".join(f"{k} {v:.2f}" for k, v in s.items() if k != "all")
+            print(f"{stage:<8} {s['all']:.3f} ({per_task})    {secs}")
+        else:
+            acc = summary.get("reward_accuracy") or float("nan")
+            print(
+                f"{stage:<8} reward model: pairwise accuracy {acc:.3f} on held-out pairs    {secs}"
+            )
     print(f"summary written to {out / 'summary.json'}")
     return summary

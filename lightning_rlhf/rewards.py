@@ -85,7 +85,9 @@ class RewardModel(RewardFunction):
 
         device = next(self.model.parameters()).device
         tok = self.tokenizer
-        seqs = [encode_prompt(tok, p) + encode_completion(tok, r) for p, r in zip(prompts, responses)]
+        seqs = [
+            encode_prompt(tok, p) + encode_completion(tok, r) for p, r in zip(prompts, responses)
+        ]
         out = []
         for i in range(0, len(seqs), self.batch_size):
             chunk = seqs[i : i + self.batch_size]
@@ -106,7 +108,9 @@ class WeightedSum(RewardFunction):
     def __init__(self, rewards: list[RewardFunction], weights: list[float] | None = None) -> None:
         weights = [1.0] * len(rewards) if weights is None else weights
         if not rewards or len(weights) != len(rewards):
-            raise ValueError(f"WeightedSum needs one weight per reward: {len(rewards)} rewards, {len(weights)} weights")
+            raise ValueError(
+                f"WeightedSum needs one weight per reward: {len(rewards)} rewards, {len(weights)} weights"
+            )
         self.rewards, self.weights = rewards, weights
 
     def to(self, device: torch.device | str) -> WeightedSum:
@@ -118,12 +122,22 @@ class WeightedSum(RewardFunction):
         return sum(w * r(prompts, responses) for w, r in zip(self.weights, self.rewards))
 
 
-def check_scores(scores: Tensor, n: int, source: object) -> Tensor:
-    """A reward must return n finite numbers; say which reward did not."""
-    scores = torch.as_tensor(scores, dtype=torch.float32).flatten() if not isinstance(scores, Tensor) else scores
+def check_scores(scores: Tensor, n: int, source: object, allow_nonfinite: bool = False) -> Tensor:
+    """A reward must return n finite numbers; say which reward did not.
+
+    ``allow_nonfinite`` lets NaN/Inf through for a caller that skips such a batch itself."""
+    scores = (
+        torch.as_tensor(scores, dtype=torch.float32).flatten()
+        if not isinstance(scores, Tensor)
+        else scores
+    )
     if scores.shape != (n,):
-        raise ValueError(f"reward {type(source).__name__} returned shape {tuple(scores.shape)}, expected ({n},)")
-    if not torch.isfinite(scores).all():
+        raise ValueError(
+            f"reward {type(source).__name__} returned shape {tuple(scores.shape)}, expected ({n},)"
+        )
+    if not allow_nonfinite and not torch.isfinite(scores).all():
         bad = (~torch.isfinite(scores)).sum().item()
-        raise ValueError(f"reward {type(source).__name__} returned {bad} non-finite scores (NaN or Inf)")
+        raise ValueError(
+            f"reward {type(source).__name__} returned {bad} non-finite scores (NaN or Inf)"
+        )
     return scores.float()

@@ -38,7 +38,9 @@ class TextDataModule(LightningDataModule):
             return
         if hp.val_path is None and hp.val_fraction == 0:
             train, val, val_source = load_split(hp.train_path, hp.train_split, hp.subset), None, ""
-        elif hp.val_path is None:  # hold out a fraction of the training rows, the same one each time
+        elif (
+            hp.val_path is None
+        ):  # hold out a fraction of the training rows, the same one each time
             parts = load_split(hp.train_path, hp.train_split, hp.subset).train_test_split(
                 test_size=hp.val_fraction, seed=hp.seed
             )

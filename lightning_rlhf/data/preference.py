@@ -34,6 +34,7 @@ def _render_messages(chosen: list[dict], rejected: list[dict], tokenizer) -> tup
     """Conversations sharing all turns but the last -> (templated prompt, chosen, rejected)."""
     if (
         not chosen
+        or not rejected
         or chosen[-1].get("role") != "assistant"
         or rejected[-1].get("role") != "assistant"
     ):

@@ -22,7 +22,13 @@ class ResumableSampler(Sampler[int]):
     """A seeded shuffle per epoch, sharded over ranks, that can start part-way through an epoch.
 
     Each rank takes every ``world_size``-th index of the same permutation (so the RL loader needs
-    ``trainer.use_distributed_sampler: false``). ``start`` counts indices of this rank's shard.
+    ``trainer.use_distributed_sampler: false``); the permutation's last ``n % world_size`` indices
+    are left out so every rank has as many batches. ``start`` counts indices of this rank's shard.
+
+    Starting a pass moves the sampler to the next epoch at once: Lightning stops after
+    ``len(loader)`` batches without asking for more, so the end of a pass is never seen. The length
+    is the whole epoch's even when resuming part-way: Lightning counts a resumed epoch's batches
+    from its start.
     """
 
     def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
@@ -31,34 +37,48 @@ class ResumableSampler(Sampler[int]):
 
     def _shard(self) -> list[int]:
         if self.shuffle:
-            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+            order = torch.randperm(
+                self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)
+            )
         else:
             order = torch.arange(self.n)
         rank, world = 0, 1
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return order[rank::world].tolist()
+        return order[: self.n - self.n % world][rank::world].tolist()
 
     def __iter__(self) -> Iterator[int]:
-        start, self.start = self.start, 0
-        yield from self._shard()[start:]
-        self.epoch += 1
+        indices = self._shard()[self.start :]
+        self.epoch, self.start = self.epoch + 1, 0
+        return iter(indices)
 
     def __len__(self) -> int:
-        return len(self._shard()) - self.start
+        return len(self._shard())
 
 
 class ResumableLoader(DataLoader):
     """A DataLoader with ``state_dict``/``load_state_dict``: Lightning stores its position in each
     checkpoint, so a resumed run neither repeats nor skips prompts.
 
-    Lightning's fetcher holds one batch ahead of the one being trained on (``prefetched``), so
-    that batch is not counted as consumed.
+    Lightning does not prefetch from a loader with a length (it knows where the epoch ends), so
+    every batch handed out has been trained on when a checkpoint is written. ``prefetched`` is for
+    a consumer that holds batches ahead of the one it trains on: those are not counted as consumed.
+    The loader's own generator keeps it from drawing from the global RNG at each ``iter``, which
+    would make a resumed run's sampling differ from an uninterrupted one.
     """
 
-    def __init__(self, data: list[dict], batch_size: int, seed: int, collate_fn, prefetched: int = 1):
+    def __init__(
+        self, data: list[dict], batch_size: int, seed: int, collate_fn, prefetched: int = 0
+    ):
         self.resumable = ResumableSampler(len(data), seed)
-        super().__init__(data, batch_size=batch_size, sampler=self.resumable, collate_fn=collate_fn, drop_last=True)
+        super().__init__(
+            data,
+            batch_size=batch_size,
+            sampler=self.resumable,
+            collate_fn=collate_fn,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(seed),
+        )
         self.prefetched = prefetched
         self._epoch, self._start, self._yielded, self._exhausted = 0, 0, 0, False
 
@@ -79,6 +99,12 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.resumable.epoch, self.resumable.start = state["epoch"], state["start"]
+        self._epoch, self._start, self._yielded, self._exhausted = (
+            state["epoch"],
+            state["start"],
+            0,
+            False,
+        )
 
 
 class PromptDataModule(TextDataModule):
@@ -139,7 +165,10 @@ class PromptDataModule(TextDataModule):
             if chat:
                 template = getattr(self.tokenizer, "chat_template", None) or PLAIN_CHAT_TEMPLATE
                 prompt = self.tokenizer.apply_chat_template(
-                    row[hp.messages_column], chat_template=template, tokenize=False, add_generation_prompt=True
+                    row[hp.messages_column],
+                    chat_template=template,
+                    tokenize=False,
+                    add_generation_prompt=True,
                 )
             else:
                 prompt = row[hp.prompt_column]
@@ -154,9 +183,14 @@ class PromptDataModule(TextDataModule):
                 ids, cut = ids[-hp.max_prompt_length :], cut + 1
             out.append({"prompt_ids": ids, "prompt": prompt})
         if dropped or cut:
-            log.warning("%s: %d prompts dropped (empty or too long), %d truncated", source, dropped, cut)
-        if len(out) < hp.batch_size and source.endswith(f"[{hp.train_split}]"):
-            raise ValueError(f"{source}: {len(out)} usable prompts, fewer than one batch ({hp.batch_size})")
+            log.warning(
+                "%s: %d prompts dropped (empty or too long), %d truncated", source, dropped, cut
+            )
+        # only the train loader batches by batch_size (drop_last); the val split's name can match
+        if len(out) < hp.batch_size and source == f"{hp.train_path} [{hp.train_split}]":
+            raise ValueError(
+                f"{source}: {len(out)} usable prompts, fewer than one batch ({hp.batch_size})"
+            )
         if not out:
             raise ValueError(f"{source}: no usable prompts among {len(ds)} rows")
         return out
@@ -169,4 +203,6 @@ class PromptDataModule(TextDataModule):
         if not self.val_set:
             return []
         collate = partial(collate_prompts, pad_token_id=self.tokenizer.pad_token_id)
-        return DataLoader(self.val_set[: self.hparams.num_val_prompts], batch_size=256, collate_fn=collate)
+        return DataLoader(
+            self.val_set[: self.hparams.num_val_prompts], batch_size=256, collate_fn=collate
+        )

@@ -38,7 +38,9 @@ class PolicyModule(StageModule):
     def load_model(self) -> torch.nn.Module:
         return load_causal_lm(self.model_name_or_path, self.model_options)
 
-    def sample(self, batch: PromptBatch, sampling: SamplingOptions) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    def sample(
+        self, batch: PromptBatch, sampling: SamplingOptions
+    ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """(response_ids (B, R), response_mask (B, R), response texts) for a prompt batch."""
         ids, mask = generate(
             self.model,
@@ -54,8 +56,10 @@ class PolicyModule(StageModule):
     def _sharded(self) -> bool:
         """Under FSDP or DeepSpeed every rank must run the same number of generation steps."""
         strategy = type(self.trainer.strategy).__name__ if self._trainer is not None else ""
-        return self._trainer is not None and self.trainer.world_size > 1 and (
-            "FSDP" in strategy or "DeepSpeed" in strategy
+        return (
+            self._trainer is not None
+            and self.trainer.world_size > 1
+            and ("FSDP" in strategy or "DeepSpeed" in strategy)
         )
 
     def score_generations(self, batch: PromptBatch) -> list[str]:
@@ -66,7 +70,9 @@ class PolicyModule(StageModule):
             scores = self.oracle(batch.prompts, responses)
             self.val_oracle.update(scores)
         for i in range(min(len(responses), self.num_logged_samples - len(self._samples))):
-            self._samples.append([batch.prompts[i], responses[i], None if scores is None else float(scores[i])])
+            self._samples.append(
+                [batch.prompts[i], responses[i], None if scores is None else float(scores[i])]
+            )
         return responses
 
     def log_generation_scores(self) -> None:

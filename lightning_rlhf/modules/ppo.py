@@ -86,11 +86,17 @@ class PPOOptions:
         if self.clip_range <= 0:
             raise ValueError(f"ppo.clip_range must be > 0, got {self.clip_range}")
         if self.clip_range_value is not None and self.clip_range_value <= 0:
-            raise ValueError(f"ppo.clip_range_value must be > 0 or null, got {self.clip_range_value}")
+            raise ValueError(
+                f"ppo.clip_range_value must be > 0 or null, got {self.clip_range_value}"
+            )
         if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
-            raise ValueError(f"ppo.gamma and ppo.lam must be in [0, 1], got {self.gamma}, {self.lam}")
+            raise ValueError(
+                f"ppo.gamma and ppo.lam must be in [0, 1], got {self.gamma}, {self.lam}"
+            )
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
-            raise ValueError(f"ppo.micro_batch_size must be at least 1, got {self.micro_batch_size}")
+            raise ValueError(
+                f"ppo.micro_batch_size must be at least 1, got {self.micro_batch_size}"
+            )
 
 
 @dataclass
@@ -157,7 +163,13 @@ class PPOModule(PolicyModule):
         nan_policy: Literal["raise", "skip"] = "raise",
     ) -> None:
         super().__init__(
-            model_name_or_path, model, optimizer, schedule, oracle, eval_sampling, num_logged_samples
+            model_name_or_path,
+            model,
+            optimizer,
+            schedule,
+            oracle,
+            eval_sampling,
+            num_logged_samples,
         )
         self.save_hyperparameters(ignore=["optimizer", "oracle", "reward", "kl_controller"])
         self.automatic_optimization = False
@@ -193,7 +205,9 @@ class PPOModule(PolicyModule):
                 trust_remote_code=self.model_options.trust_remote_code,
                 lora=self.model_options.lora,
             )
-            self.critic = load_scalar_model(self.critic_name_or_path, options, self.tokenizer.pad_token_id)
+            self.critic = load_scalar_model(
+                self.critic_name_or_path, options, self.tokenizer.pad_token_id
+            )
             self.critic.train()
         else:
             self.value_head = nn.Linear(self.model.config.hidden_size, 1)
@@ -202,7 +216,9 @@ class PPOModule(PolicyModule):
 
     def _check_context(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
-        max_prompt = getattr(datamodule, "hparams", {}).get("max_prompt_length") if datamodule else None
+        max_prompt = (
+            getattr(datamodule, "hparams", {}).get("max_prompt_length") if datamodule else None
+        )
         context = getattr(self.model.config, "max_position_embeddings", None)
         if max_prompt and context and max_prompt + self.sampling.max_new_tokens > context:
             raise ValueError(
@@ -257,8 +273,15 @@ class PPOModule(PolicyModule):
         return token_scalars(self.critic, ids, mask, positions)[:, -resp_len - 1 : -1]
 
     # ----------------------------------------------------------------------------- rollout
-    def _score(self, prompts: list[str], texts: list[str], mask: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
-        raw = check_scores(self.reward(prompts, texts), len(texts), self.reward).to(self.device)
+    def _score(
+        self, prompts: list[str], texts: list[str], mask: Tensor, ids: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        # under nan_policy "skip" a non-finite score reaches the rewards, whose check skips the iteration
+        skip = self.nan_policy == "skip"
+        raw = check_scores(
+            self.reward(prompts, texts), len(texts), self.reward, allow_nonfinite=skip
+        )
+        raw = raw.to(self.device)
         scores = raw
         if self.shaping.clip is not None:
             scores = scores.clamp(-self.shaping.clip, self.shaping.clip)
@@ -283,7 +306,9 @@ class PPOModule(PolicyModule):
         partial = Rollout(query_ids, query_mask, response_ids, response_mask, *([None] * 7))
         was_training = self.model.training
         self.model.eval()  # no dropout in π_old: the ratio starts at exactly 1
-        logits, states = self._policy_outputs(self.model, partial, slice(None), hidden=self.critic is None)
+        logits, states = self._policy_outputs(
+            self.model, partial, slice(None), hidden=self.critic is None
+        )
         logprobs = token_logprobs(logits, response_ids)
         ref_logprobs = token_logprobs(self._ref_logits(partial, slice(None)), response_ids)
         values = self._values(partial, slice(None), states)
@@ -291,7 +316,9 @@ class PPOModule(PolicyModule):
         mask = response_mask.float()
         logprobs, ref_logprobs, values = logprobs * mask, ref_logprobs * mask, values * mask
         beta = self.kl_controller.beta
-        rewards, kl = penalized_rewards(scores, logprobs, ref_logprobs, mask, beta, self.kl_estimator)
+        rewards, kl = penalized_rewards(
+            scores, logprobs, ref_logprobs, mask, beta, self.kl_estimator
+        )
         advantages, returns = gae(rewards, values, mask, self.ppo.gamma, self.ppo.lam)
         if self.ppo.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
@@ -315,19 +342,29 @@ class PPOModule(PolicyModule):
         mask = r.response_mask[idx].float()
         logits, states = self._policy_outputs(self.model, r, idx, hidden=self.critic is None)
         logprobs = token_logprobs(logits, r.response_ids[idx])
-        pg_loss, stats = ppo_policy_loss(logprobs, r.logprobs[idx], r.advantages[idx], mask, self.ppo.clip_range)
+        pg_loss, stats = ppo_policy_loss(
+            logprobs, r.logprobs[idx], r.advantages[idx], mask, self.ppo.clip_range
+        )
         values = self._values(r, idx, states)
-        vf_loss, vstats = value_loss(values, r.values[idx], r.returns[idx], mask, self.ppo.clip_range_value)
+        vf_loss, vstats = value_loss(
+            values, r.values[idx], r.returns[idx], mask, self.ppo.clip_range_value
+        )
         with torch.no_grad():
             stats["entropy"] = masked_mean(entropy_from_logits(logits), mask)
-        return pg_loss + self.ppo.vf_coef * vf_loss, {**stats, **vstats, "loss": (pg_loss + vf_loss).detach()}
+        return pg_loss + self.ppo.vf_coef * vf_loss, {
+            **stats,
+            **vstats,
+            "loss": (pg_loss + vf_loss).detach(),
+        }
 
     def _check_finite(self, name: str, value: Tensor) -> bool:
         if torch.isfinite(value).all():
             return True
         message = f"non-finite {name} at step {self.global_step} (iteration {self.iteration})"
         if self.nan_policy == "raise":
-            raise FloatingPointError(message + "; set model.nan_policy: skip to skip such iterations")
+            raise FloatingPointError(
+                message + "; set model.nan_policy: skip to skip such iterations"
+            )
         rank_zero_warn(message + "; iteration skipped")
         return False
 
@@ -357,7 +394,11 @@ class PPOModule(PolicyModule):
                     opt.zero_grad()
                     continue
                 if self.ppo.max_grad_norm is not None:
-                    self.clip_gradients(opt, gradient_clip_val=self.ppo.max_grad_norm, gradient_clip_algorithm="norm")
+                    self.clip_gradients(
+                        opt,
+                        gradient_clip_val=self.ppo.max_grad_norm,
+                        gradient_clip_algorithm="norm",
+                    )
                 opt.step()
                 opt.zero_grad()
                 sched.step()
@@ -384,7 +425,10 @@ class PPOModule(PolicyModule):
     def _log_iteration(self, r: Rollout, info: dict[str, Any], stats: dict[str, float]) -> None:
         mask = r.response_mask.float()
         log_ratio = r.logprobs - r.ref_logprobs  # (B, R), log π_old − log π_ref
-        per_seq = {name: (fn(r.logprobs, r.ref_logprobs) * mask).sum(1).mean() for name, fn in KL_ESTIMATORS.items()}
+        per_seq = {
+            name: (fn(r.logprobs, r.ref_logprobs) * mask).sum(1).mean()
+            for name, fn in KL_ESTIMATORS.items()
+        }
         eos = (r.response_ids == self.tokenizer.eos_token_id).any(dim=1).float()
         returns_var = masked_var(r.returns, mask)
         explained = 1 - masked_var(r.returns - r.values, mask) / returns_var.clamp(min=1e-8)
@@ -399,7 +443,9 @@ class PPOModule(PolicyModule):
             "train/eos_rate": eos.mean(),
             "train/explained_variance": explained,
             **{f"train/{k}": torch.tensor(v) for k, v in stats.items()},
-            **{k: torch.tensor(info[k]) for k in ("time/generation", "time/scoring", "time/update")},
+            **{
+                k: torch.tensor(info[k]) for k in ("time/generation", "time/scoring", "time/update")
+            },
         }
         if self.oracle is not None:
             metrics["train/oracle_score"] = self.oracle(info["prompts"], info["texts"]).mean()
@@ -407,12 +453,22 @@ class PPOModule(PolicyModule):
         self.log("reward", metrics["train/reward"], prog_bar=True, logger=False)
         self.log("kl", metrics["train/kl"], prog_bar=True, logger=False)
         # the controller sees the KL of this rollout, averaged over ranks so all keep one β
-        kl_mean = self.trainer.strategy.reduce(metrics[f"train/kl_{self.kl_estimator}"].detach(), reduce_op="mean")
-        self.kl_controller.update(float(kl_mean), n_steps=r.response_ids.shape[0] * self.trainer.world_size)
-        if self.log_samples_every_n_steps and self.iteration % self.log_samples_every_n_steps == 1:
+        kl_mean = self.trainer.strategy.reduce(
+            metrics[f"train/kl_{self.kl_estimator}"].detach(), reduce_op="mean"
+        )
+        self.kl_controller.update(
+            float(kl_mean), n_steps=r.response_ids.shape[0] * self.trainer.world_size
+        )
+        if (
+            self.log_samples_every_n_steps
+            and (self.iteration - 1) % self.log_samples_every_n_steps == 0
+        ):
             from lightning_rlhf.logs import log_samples
 
-            rows = [[p, t, float(s)] for p, t, s in zip(info["prompts"], info["texts"], info["raw_scores"])]
+            rows = [
+                [p, t, float(s)]
+                for p, t, s in zip(info["prompts"], info["texts"], info["raw_scores"])
+            ]
             log_samples(self.trainer, "train/samples", ["prompt", "response", "reward"], rows[:16])
 
     # ----------------------------------------------------------------------------- validation

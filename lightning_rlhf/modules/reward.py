@@ -125,13 +125,16 @@ class RewardModule(StageModule):
     def on_validation_epoch_end(self) -> None:
         from lightning_rlhf.logs import log_histogram, log_samples
 
+        computed = {}
         for key, metric in self.val_metrics.items():
             if metric.update_count:
-                self.log(f"val/{key}", metric.compute(), prog_bar=key == "accuracy")
+                computed[key] = metric.compute()
+                self.log(f"val/{key}", computed[key], prog_bar=key == "accuracy")
             metric.reset()
         if self.val_rewards.update_count:
             rewards = self.val_rewards.compute().float()
             self.reward_stats = {
+                "val_accuracy": float(computed.get("accuracy", float("nan"))),
                 "mean": rewards.mean().item(),
                 "std": rewards.std().item(),
                 "count": rewards.numel(),

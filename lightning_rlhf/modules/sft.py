@@ -41,7 +41,13 @@ class SFTModule(PolicyModule):
         num_logged_samples: int = 8,
     ) -> None:
         super().__init__(
-            model_name_or_path, model, optimizer, schedule, oracle, eval_sampling, num_logged_samples
+            model_name_or_path,
+            model,
+            optimizer,
+            schedule,
+            oracle,
+            eval_sampling,
+            num_logged_samples,
         )
         self.save_hyperparameters(ignore=["optimizer", "oracle"])
         self.val_nll = MeanMetric()

@@ -1,0 +1,446 @@
+"""The RL stage: reward functions, PPOModule's reference/critic wiring, its checks, and learning.
+
+The maths (KL estimators, GAE, clipped losses) are tested in test_advantages.py and test_losses.py.
+"""
+
+import json
+import math
+import warnings
+from functools import partial
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers.logger import Logger
+
+from lightning_rlhf.advantages import FixedKLController
+from lightning_rlhf.data.collate import pad
+from lightning_rlhf.data.prompts import PromptDataModule
+from lightning_rlhf.models import (
+    LoraOptions,
+    ModelOptions,
+    export_hf,
+    load_causal_lm,
+    load_scalar_model,
+    load_tokenizer,
+    sequence_scores,
+)
+from lightning_rlhf.modules.ppo import PPOModule, PPOOptions, RewardShaping
+from lightning_rlhf.optim import ScheduleOptions
+from lightning_rlhf.rewards import (
+    RewardFunction,
+    RewardModel,
+    TaskOracle,
+    WeightedSum,
+    check_scores,
+)
+from lightning_rlhf.rollout import SamplingOptions
+from lightning_rlhf.types import Rollout
+
+
+# ------------------------------------------------------------------------------- helpers
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model's ops are too small for two threads: on busy cores they are 10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class MemoryLogger(Logger):
+    """Keeps every logged row; sample tables go to ``save_dir``."""
+
+    def __init__(self, save_dir):
+        super().__init__()
+        self._save_dir = str(save_dir)
+        self.rows: list[dict] = []
+
+    @property
+    def name(self):
+        return "memory"
+
+    @property
+    def version(self):
+        return 0
+
+    @property
+    def save_dir(self):
+        return self._save_dir
+
+    @property
+    def log_dir(self):
+        return self._save_dir
+
+    def log_hyperparams(self, *args, **kwargs):
+        pass
+
+    def log_metrics(self, metrics, step=None):
+        self.rows.append({**metrics, "step": step})
+
+    def series(self, key):
+        return [row[key] for row in self.rows if key in row]
+
+
+class AsciiFraction(RewardFunction):
+    """Fraction of the 4 response characters that are ASCII. The untrained byte-level model puts
+    about a third of its mass on the 128 ASCII byte ids (of 384): dense, learnable signal."""
+
+    def __init__(self, max_chars=4):
+        self.max_chars = max_chars
+        self.calls: list[torch.Tensor] = []
+
+    def __call__(self, prompts, responses):
+        scores = torch.tensor([sum(c.isascii() for c in r) / self.max_chars for r in responses])
+        self.calls.append(scores)
+        return scores
+
+
+class NaNOnCalls(RewardFunction):
+    """NaN for every response (or one of them) on the listed calls, 0.5 otherwise."""
+
+    def __init__(self, nan_calls, all_rows=True):
+        self.nan_calls, self.all_rows, self.count = set(nan_calls), all_rows, 0
+
+    def __call__(self, prompts, responses):
+        self.count += 1
+        scores = torch.full((len(responses),), 0.5)
+        if self.count in self.nan_calls:
+            scores[slice(None) if self.all_rows else 3] = float("nan")
+        return scores
+
+
+def prompt_data(task_dir, tokenizer_dir, batch_size=16, **kwargs):
+    return PromptDataModule(
+        train_path=str(task_dir / "prompts_train.jsonl"),
+        val_path=None,
+        val_fraction=0.0,
+        tokenizer=tokenizer_dir,
+        batch_size=batch_size,
+        max_prompt_length=kwargs.pop("max_prompt_length", 32),
+        **kwargs,
+    )
+
+
+def ppo_module(model_dir, reward, lr=1e-3, **kwargs):
+    defaults = dict(
+        critic_name_or_path=None,
+        optimizer=partial(torch.optim.AdamW, lr=lr, weight_decay=0.0),
+        schedule=ScheduleOptions(warmup_steps=0, decay="constant"),
+        sampling=SamplingOptions(max_new_tokens=4),
+        ppo=PPOOptions(ppo_epochs=2, num_minibatches=2),
+        log_samples_every_n_steps=0,
+    )
+    return PPOModule(model_dir, reward=reward, **{**defaults, **kwargs})
+
+
+def trainer(tmp_path, iterations=None, ppo=PPOOptions(ppo_epochs=2, num_minibatches=2), **kwargs):
+    if iterations is not None:
+        kwargs["max_steps"] = iterations * ppo.ppo_epochs * ppo.num_minibatches
+    defaults = dict(
+        accelerator="cpu",
+        logger=False,
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        use_distributed_sampler=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=str(tmp_path),
+    )
+    return L.Trainer(**{**defaults, **kwargs})
+
+
+def params(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def scalar_dir(tmp_path_factory, tiny_model_dir):
+    """A scalar-head model from the tiny LM, exported with reward statistics, as the reward stage
+    would write it."""
+    torch.manual_seed(0)
+    model = load_scalar_model(tiny_model_dir, pad_token_id=0)
+    with torch.no_grad():
+        model.score.weight.normal_(0, 1.0)  # a head that spreads the scores out
+    out = tmp_path_factory.mktemp("rm") / "rm"
+    stats = {"reward_stats.json": {"mean": 0.25, "std": 2.0}}
+    return str(export_hf(model, load_tokenizer(tiny_model_dir), out, extra_json=stats))
+
+
+# ------------------------------------------------------------------------------- rewards
+def test_task_oracle_scores_known_prompts():
+    prompts = ["47+38=", "rev cbda=", "cnt b abbcb=", "47+38="]
+    responses = ["85", "adbc\nmore", " 3 ", "86"]
+    assert TaskOracle()(prompts, responses).tolist() == [1.0, 1.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="not a prompt of the bundled task suite"):
+        TaskOracle()(["hello"], ["x"])
+
+
+class _Const(RewardFunction):
+    def __init__(self, values):
+        self.values, self.device = torch.tensor(values), None
+
+    def __call__(self, prompts, responses):
+        return self.values
+
+    def to(self, device):
+        self.device = device
+        return self
+
+
+def test_weighted_sum_combines_and_moves_its_parts():
+    a, b = _Const([1.0, 0.0]), _Const([2.0, 4.0])
+    assert WeightedSum([a, b], [0.5, -1.0])(["p", "q"], ["r", "s"]).tolist() == [-1.5, -4.0]
+    assert WeightedSum([a, b])(["p", "q"], ["r", "s"]).tolist() == [3.0, 4.0]
+    WeightedSum([a, b]).to("cpu")
+    assert a.device == b.device == "cpu"
+
+
+@pytest.mark.parametrize("weights", [[1.0], [1.0, 2.0, 3.0]])
+def test_weighted_sum_needs_one_weight_per_reward(weights):
+    with pytest.raises(ValueError, match=rf"2 rewards, {len(weights)} weights"):
+        WeightedSum([_Const([1.0]), _Const([1.0])], weights)
+    with pytest.raises(ValueError, match="one weight per reward"):
+        WeightedSum([], [])
+
+
+def test_check_scores_names_the_reward():
+    source = _Const([0.0])
+    assert check_scores([1, 2], 2, source).dtype == torch.float32
+    with pytest.raises(ValueError, match=r"reward _Const returned shape \(2, 1\), expected \(2,\)"):
+        check_scores(torch.zeros(2, 1), 2, source)
+    with pytest.raises(ValueError, match=r"reward _Const returned shape \(3,\), expected \(2,\)"):
+        check_scores(torch.zeros(3), 2, source)
+    with pytest.raises(ValueError, match="reward _Const returned 1 non-finite scores"):
+        check_scores(torch.tensor([0.0, float("nan")]), 2, source)
+    with pytest.raises(ValueError, match="reward _Const returned 2 non-finite"):
+        check_scores(torch.tensor([float("inf"), float("-inf")]), 2, source)
+
+
+def test_reward_model_normalises_with_its_stats(scalar_dir):
+    prompts = ["12+34=", "rev abc=", "cnt a aab="]
+    responses = ["46", "cba", "a longer answer"]
+    raw = RewardModel(scalar_dir, normalize=False)(prompts, responses)
+    norm = RewardModel(scalar_dir)(prompts, responses)
+    assert raw.shape == (3,) and raw.dtype == torch.float32
+    assert raw.std() > 0.01  # the scores differ, so the check below means something
+    torch.testing.assert_close(norm, (raw - 0.25) / 2.0)
+
+
+def test_reward_model_scores_the_prompt_and_response_with_eos_and_ignore_padding(scalar_dir):
+    prompts, responses = ["12+34=", "rev abcdefgh="], ["46", "hgfedcba"]
+    rm = RewardModel(scalar_dir, normalize=False)
+    batched = rm(prompts, responses)
+    one_by_one = RewardModel(scalar_dir, normalize=False, batch_size=1)(prompts, responses)
+    torch.testing.assert_close(batched, one_by_one, atol=1e-5, rtol=1e-5)
+    tok = rm.tokenizer
+    ids = tok("12+34=46")["input_ids"]  # the byte tokenizer appends EOS, as the reward stage trains
+    assert ids[-1] == tok.eos_token_id
+    expected = sequence_scores(
+        rm.model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)
+    )
+    torch.testing.assert_close(batched[:1], expected, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------- options
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"clip_range": 0.0}, "ppo.clip_range"),
+        ({"clip_range": -0.1}, "ppo.clip_range"),
+        ({"clip_range_value": 0.0}, "ppo.clip_range_value"),
+        ({"ppo_epochs": 0}, "ppo.ppo_epochs"),
+        ({"num_minibatches": 0}, "ppo.num_minibatches"),
+        ({"samples_per_prompt": 0}, "ppo.samples_per_prompt"),
+        ({"gamma": 1.5}, "ppo.gamma"),
+        ({"lam": -0.1}, "ppo.lam"),
+        ({"micro_batch_size": 0}, "ppo.micro_batch_size"),
+    ],
+)
+def test_ppo_options_are_validated(kwargs, field):
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        PPOOptions(**kwargs)
+    PPOOptions(clip_range_value=None)  # no value clipping is allowed
+
+
+def test_shaping_clips_then_penalises_missing_eos(tiny_model_dir):
+    module = ppo_module(
+        tiny_model_dir,
+        _Const([2.0, -3.0, 0.2]),
+        shaping=RewardShaping(clip=0.5, missing_eos_penalty=1.0),
+    )
+    eos, pad = module.tokenizer.eos_token_id, module.tokenizer.pad_token_id
+    ids = torch.tensor([[50, eos, pad], [50, 51, 52], [eos, pad, pad]])
+    raw, scores = module._score(["a", "b", "c"], ["x", "y", ""], ids != pad, ids)
+    assert raw.tolist() == pytest.approx([2.0, -3.0, 0.2])
+    assert scores.tolist() == pytest.approx([0.5, -1.5, 0.2])
+
+
+# ------------------------------------------------------------------------------- reference
+def _partial_rollout(module, prompts, responses):
+    tok = module.tokenizer
+    q = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    r = [tok(x, add_special_tokens=False)["input_ids"] for x in responses]
+    qi, ri = pad(q, 0, side="left"), pad(r, 0)
+    qm, rm = pad([[1] * len(s) for s in q], 0, side="left"), pad([[1] * len(s) for s in r], 0)
+    return Rollout(qi, qm, ri, rm, *([None] * 7))
+
+
+def test_lora_reference_is_the_base_model_with_adapters_off(tiny_model_dir):
+    module = ppo_module(tiny_model_dir, _Const([0.0]), model=ModelOptions(lora=LoraOptions(r=4)))
+    module.configure_model()
+    assert module._ref == []  # no second copy of the model
+    torch.manual_seed(0)
+    with torch.no_grad():  # trained adapters: the policy is no longer the base model
+        for name, p in module.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    r = _partial_rollout(module, ["12+34=", "rev abcd="], ["46", "dcba"])
+    base = load_causal_lm(tiny_model_dir).eval()
+    module.model.eval()
+    with torch.no_grad():
+        ref = module._ref_logits(r, slice(None))
+        expected = module._policy_outputs(base, r, slice(None))[0]
+        policy = module._policy_outputs(module.model, r, slice(None))[0]
+    torch.testing.assert_close(ref, expected, atol=1e-5, rtol=1e-5)
+    assert (policy - expected).abs().max() > 1e-2  # the adapters are on again for the policy
+    assert ref.shape == (2, r.response_ids.shape[1], 384)
+
+
+def test_full_policy_keeps_a_frozen_reference_outside_its_state(tiny_model_dir, tmp_path):
+    module = ppo_module(tiny_model_dir, _Const([0.0]))
+    module.configure_model()
+    assert len(module._ref) == 1
+    ref = module._ref[0]
+    assert not ref.training and not any(p.requires_grad for p in ref.parameters())
+    assert not any(k.startswith("_ref") for k in module.state_dict())
+    ids = {id(p) for p in module.parameters()}
+    assert not any(id(p) in ids for p in ref.parameters())
+    assert module.value_head is not None and module.critic is None
+
+
+# ------------------------------------------------------------------------------- learning
+ITERATIONS, WINDOW = 20, 4
+
+
+@pytest.fixture(scope="module")
+def learning_run(tiny_model_dir, task_dir, tmp_path_factory):
+    """20 PPO iterations of 16 prompts x 4 new tokens on the untrained tiny model (~10 s)."""
+    tmp = tmp_path_factory.mktemp("ppo_learn")
+    L.seed_everything(0)
+    reward = AsciiFraction()
+    module = ppo_module(tiny_model_dir, reward, lr=1e-2)  # a 50k-parameter model takes big steps
+    logger = MemoryLogger(tmp)
+    t = trainer(tmp, ITERATIONS, logger=logger)
+    t.fit(module, prompt_data(task_dir, tiny_model_dir))
+    return module, reward, logger, t
+
+
+def test_ppo_raises_the_reward(learning_run):
+    module, reward, logger, t = learning_run
+    assert t.global_step == ITERATIONS * 2 * 2  # max_steps counts optimizer steps
+    logged = logger.series("train/reward")
+    assert len(logged) == len(reward.calls) == ITERATIONS
+    # the logged reward is the mean of what the reward function returned
+    assert logged == pytest.approx([c.mean().item() for c in reward.calls], abs=1e-6)
+    first = torch.cat(reward.calls[:WINDOW])  # 64 responses of the (nearly) untrained policy
+    last = torch.cat(reward.calls[-WINDOW:])  # 64 responses at the end
+    # the margin is measured: 5 standard errors of the difference of the two means
+    se = math.sqrt(first.var() / len(first) + last.var() / len(last))
+    assert last.mean() - first.mean() > 5 * se, (first.mean(), last.mean(), se)
+
+
+def test_kl_starts_at_zero_and_k3_is_never_negative(learning_run):
+    _, _, logger, _ = learning_run
+    kl, k1, k3 = (logger.series(k) for k in ("train/kl", "train/kl_k1", "train/kl_k3"))
+    assert len(kl) == len(k3) == ITERATIONS
+    assert abs(kl[0]) < 1e-5 and abs(k1[0]) < 1e-5 and abs(k3[0]) < 1e-5  # policy == reference
+    assert all(v >= 0 for v in k3)
+    assert max(k3[-WINDOW:]) > 1e-3  # the policy moved away from the reference
+    assert logger.series("train/beta") == [pytest.approx(0.05)] * ITERATIONS
+    for key in ("train/policy_loss", "train/value_loss", "train/entropy", "train/clipfrac"):
+        values = logger.series(key)
+        assert len(values) == ITERATIONS and all(math.isfinite(v) for v in values), key
+
+
+def test_critic_from_a_scalar_model_trains_and_context_fits_exactly(
+    tiny_model_dir, task_dir, scalar_dir, tmp_path
+):
+    """A separate critic (no value head) gets gradients; 124 + 4 tokens fill the 128 window."""
+    L.seed_everything(0)
+    module = ppo_module(
+        tiny_model_dir, AsciiFraction(), critic_name_or_path=scalar_dir, log_samples_every_n_steps=1
+    )
+    module.configure_model()
+    assert module.value_head is None and module.critic is not None
+    before = params(module)
+    logger = MemoryLogger(tmp_path)
+    t = trainer(tmp_path, 2, logger=logger)
+    t.fit(module, prompt_data(task_dir, tiny_model_dir, batch_size=8, max_prompt_length=124))
+    after = params(module)
+    for prefix in ("critic.", "model."):
+        changed = [
+            k for k in before if k.startswith(prefix) and not torch.equal(before[k], after[k])
+        ]
+        assert changed, prefix
+    assert len(logger.series("train/value_loss")) == 2
+    samples = tmp_path / "samples" / "train_samples.jsonl"  # log_samples_every_n_steps=1
+    assert samples.exists()
+    row = json.loads(samples.read_text().splitlines()[0])
+    assert row.keys() >= {"step", "prompt", "response", "reward"}
+
+
+def test_context_window_is_checked_before_training(tiny_model_dir, task_dir, tmp_path):
+    reward = AsciiFraction()
+    module = ppo_module(tiny_model_dir, reward)
+    t = trainer(tmp_path, 1)
+    with pytest.raises(ValueError) as err:
+        t.fit(module, prompt_data(task_dir, tiny_model_dir, max_prompt_length=125))
+    msg = str(err.value)
+    assert "data.max_prompt_length (125)" in msg and "model.sampling.max_new_tokens (4)" in msg
+    assert "(128)" in msg
+    assert reward.calls == [] and t.global_step == 0
+
+
+# ------------------------------------------------------------------------------- non-finite
+def test_nan_reward_raises_naming_the_reward(tiny_model_dir, task_dir, tmp_path):
+    module = ppo_module(tiny_model_dir, NaNOnCalls({1}, all_rows=False), nan_policy="raise")
+    t = trainer(tmp_path, 1)
+    with pytest.raises(ValueError, match="reward NaNOnCalls returned 1 non-finite scores"):
+        t.fit(module, prompt_data(task_dir, tiny_model_dir, batch_size=8))
+    assert t.global_step == 0
+
+
+@pytest.mark.parametrize("all_rows", [True, False])
+def test_nan_reward_skips_the_iteration_under_skip(tiny_model_dir, task_dir, tmp_path, all_rows):
+    """The first rollout's reward is NaN: that iteration changes nothing; the second trains."""
+    module = ppo_module(
+        tiny_model_dir,
+        NaNOnCalls({1}, all_rows=all_rows),
+        nan_policy="skip",
+        kl_controller=FixedKLController(0.1),
+    )
+    snapshots = []
+
+    class Snapshot(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            snapshots.append((trainer.global_step, params(pl_module)))
+
+    module.configure_model()
+    initial = params(module)
+    logger = MemoryLogger(tmp_path)
+    t = trainer(
+        tmp_path, max_steps=-1, max_epochs=1, limit_train_batches=2, logger=logger,
+        callbacks=[Snapshot()],
+    )  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t.fit(module, prompt_data(task_dir, tiny_model_dir, batch_size=8))
+    assert any(
+        "non-finite rewards" in str(w.message) and "skipped" in str(w.message) for w in caught
+    )
+    (step0, after_skip), (step1, after_train) = snapshots
+    assert step0 == 0 and all(torch.equal(initial[k], after_skip[k]) for k in initial)
+    assert step1 == 4 and any(not torch.equal(initial[k], after_train[k]) for k in initial)
+    assert logger.series("train/reward") == [pytest.approx(0.5)]  # only the trained iteration
