@@ -49,8 +49,9 @@ def _make_data(argv: list[str]) -> None:
     p.add_argument("out_dir", nargs="?", default="artifacts/task")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--scale", type=float, default=1.0, help="multiplies the train split sizes")
+    p.add_argument("--demo-noise", type=float, default=0.5, help="demonstrator's mistake rate")
     a = p.parse_args(argv)
-    for name, n in write_task_data(a.out_dir, a.seed, a.scale).items():
+    for name, n in write_task_data(a.out_dir, a.seed, a.scale, a.demo_noise).items():
         print(f"{a.out_dir}/{name}: {n} rows")
 
 

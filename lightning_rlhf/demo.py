@@ -49,6 +49,11 @@ def main(argv: list[str] | None = None) -> dict:
         if policy is not None:
             scores[stage] = evaluate_policy(policy, "artifacts/task/prompts_val.jsonl")
     summary: dict = {"oracle_score": scores, "seconds": times}
+    if "ppo" in times and Path("artifacts/ppo/ppo_stats.json").exists():
+        last = json.loads(Path("artifacts/ppo/ppo_stats.json").read_text())
+        summary["ppo_last_iteration"] = {
+            k: last.get(f"train/{k}") for k in ("kl", "kl_k3", "beta", "reward")
+        }
     if "reward" in times:
         stats = json.loads(Path("artifacts/rm/reward_stats.json").read_text())
         summary["reward_accuracy"] = stats.get("val_accuracy")
@@ -67,5 +72,11 @@ def main(argv: list[str] | None = None) -> dict:
             print(
                 f"{stage:<8} reward model: pairwise accuracy {acc:.3f} on held-out pairs    {secs}"
             )
+    if "ppo_last_iteration" in summary:
+        last = summary["ppo_last_iteration"]
+        print(
+            f"ppo: KL(π‖πref) {last['kl']:.3f} nats per response (k3 {last['kl_k3']:.3f}), "
+            f"β {last['beta']:.3f} at the last iteration"
+        )
     print(f"summary written to {out / 'summary.json'}")
     return summary

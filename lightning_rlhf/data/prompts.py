@@ -121,6 +121,9 @@ class PromptDataModule(TextDataModule):
         val_fraction: fraction of training rows held out when ``val_path`` is None.
         prompt_column: column holding the prompt text.
         messages_column: column holding a conversation to continue (used when present).
+        prompt_until: keep each prompt up to and including the last occurrence of this marker,
+            e.g. "\n\nAssistant:" to take HH-RLHF's dialogues without their final answer; rows
+            without the marker are dropped and counted. None keeps the whole text.
         max_prompt_length: longest prompt in tokens; longer prompts lose their left side
             (``truncation="left"``) or are dropped and counted (``"drop"``).
         truncation: policy for prompts longer than ``max_prompt_length``.
@@ -141,6 +144,7 @@ class PromptDataModule(TextDataModule):
         val_fraction: float = 0.05,
         prompt_column: str = "prompt",
         messages_column: str = "messages",
+        prompt_until: str | None = None,
         max_prompt_length: int = 64,
         truncation: Literal["left", "drop"] = "left",
         batch_size: int = 64,
@@ -172,6 +176,9 @@ class PromptDataModule(TextDataModule):
                 )
             else:
                 prompt = row[hp.prompt_column]
+            if hp.prompt_until and isinstance(prompt, str):
+                cut_at = prompt.rfind(hp.prompt_until)
+                prompt = prompt[: cut_at + len(hp.prompt_until)] if cut_at >= 0 else ""
             if not isinstance(prompt, str) or not prompt.strip():
                 dropped += 1
                 continue

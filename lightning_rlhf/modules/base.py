@@ -50,11 +50,15 @@ class StageModule(LightningModule):
 
     def _optimizers_for(self, params: list[torch.nn.Parameter]) -> dict:
         optimizer = self.optimizer_factory(params)
-        total = int(self.trainer.estimated_stepping_batches)
+        total = self.total_optimizer_steps()
         return {
             "optimizer": optimizer,
             "lr_scheduler": build_scheduler(optimizer, self.schedule, total),
         }
+
+    def total_optimizer_steps(self) -> int:
+        """Length of the learning-rate schedule."""
+        return int(self.trainer.estimated_stepping_batches)
 
     def export_extras(self) -> dict[str, dict]:
         """Further JSON files written beside the exported weights."""

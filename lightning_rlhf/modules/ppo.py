@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -187,6 +187,7 @@ class PPOModule(PolicyModule):
         self.value_head: nn.Module | None = None
         self._ref: list[nn.Module] = []  # a list: the frozen reference is neither trained nor saved
         self.val_reward = MeanMetric()
+        self.last_metrics: dict[str, float] = {}
 
     # ----------------------------------------------------------------------------- models
     def configure_model(self) -> None:
@@ -195,16 +196,12 @@ class PPOModule(PolicyModule):
         super().configure_model()
         lora = self.model_options.lora is not None
         if self.ref_model_name_or_path is not None or not lora:
-            ref = load_causal_lm(self.ref_model_name_or_path or self.model_name_or_path)
+            # the policy's loading options, without LoRA or checkpointing: πref is never trained
+            options = replace(self.model_options, lora=None, gradient_checkpointing=False)
+            ref = load_causal_lm(self.ref_model_name_or_path or self.model_name_or_path, options)
             self._ref = [ref.eval().requires_grad_(False)]
         if self.critic_name_or_path is not None:
-            options = ModelOptions(
-                dtype=self.model_options.dtype,
-                attn_implementation=self.model_options.attn_implementation,
-                gradient_checkpointing=self.model_options.gradient_checkpointing,
-                trust_remote_code=self.model_options.trust_remote_code,
-                lora=self.model_options.lora,
-            )
+            options = replace(self.model_options, extra={})  # extra kwargs are the causal LM's
             self.critic = load_scalar_model(
                 self.critic_name_or_path, options, self.tokenizer.pad_token_id
             )
@@ -368,40 +365,42 @@ class PPOModule(PolicyModule):
         rank_zero_warn(message + "; iteration skipped")
         return False
 
+    def _minibatch_step(self, r: Rollout, minibatch: Tensor, totals: dict[str, float]) -> int:
+        """One optimizer step on ``minibatch`` (rows of the rollout), accumulated over micro-batches.
+
+        Each micro-batch's loss is a token mean, weighted by its share of the minibatch's rows.
+        Returns the number of micro-batches whose statistics were added to ``totals``.
+        """
+        opt = self.optimizers()
+        done = 0
+        for m in minibatch.split(self.ppo.micro_batch_size or len(minibatch)):
+            loss, stats = self._loss(r, m)
+            if not self._check_finite("loss", loss):
+                opt.zero_grad()  # the step is skipped whole: no half-accumulated gradient
+                return done
+            self.manual_backward(loss * len(m) / len(minibatch))
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0.0) + value.item()
+            done += 1
+        if self.ppo.max_grad_norm is not None:
+            self.clip_gradients(
+                opt, gradient_clip_val=self.ppo.max_grad_norm, gradient_clip_algorithm="norm"
+            )
+        opt.step()
+        opt.zero_grad()
+        self.lr_schedulers().step()
+        return done
+
     def update(self, r: Rollout) -> dict[str, float]:
         """ppo_epochs × num_minibatches optimizer steps over the rollout; mean statistics."""
-        opt, sched = self.optimizers(), self.lr_schedulers()
         n = r.response_ids.shape[0]
-        mb = max(1, n // self.ppo.num_minibatches)
-        micro = self.ppo.micro_batch_size or mb
         totals: dict[str, float] = {}
         count = 0
         for _ in range(self.ppo.ppo_epochs):
             order = torch.randperm(n, device=r.response_ids.device)
-            for start in range(0, mb * self.ppo.num_minibatches, mb):
-                minibatch = order[start : start + mb]
-                skip = False
-                for m in minibatch.split(micro):
-                    loss, stats = self._loss(r, m)
-                    if not self._check_finite("loss", loss):
-                        skip = True
-                        break
-                    self.manual_backward(loss * len(m) / len(minibatch))
-                    for key, value in stats.items():
-                        totals[key] = totals.get(key, 0.0) + value.item()
-                    count += 1
-                if skip:
-                    opt.zero_grad()
-                    continue
-                if self.ppo.max_grad_norm is not None:
-                    self.clip_gradients(
-                        opt,
-                        gradient_clip_val=self.ppo.max_grad_norm,
-                        gradient_clip_algorithm="norm",
-                    )
-                opt.step()
-                opt.zero_grad()
-                sched.step()
+            # every row once per epoch; fewer rows than minibatches leaves no minibatch empty
+            for minibatch in order.tensor_split(min(self.ppo.num_minibatches, n)):
+                count += self._minibatch_step(r, minibatch, totals)
         return {k: v / max(count, 1) for k, v in totals.items()}
 
     # ----------------------------------------------------------------------------- loop
@@ -450,6 +449,7 @@ class PPOModule(PolicyModule):
         if self.oracle is not None:
             metrics["train/oracle_score"] = self.oracle(info["prompts"], info["texts"]).mean()
         self.log_dict(metrics, sync_dist=True, prog_bar=False)
+        self.last_metrics = {k: float(v) for k, v in metrics.items() if k.startswith("train/")}
         self.log("reward", metrics["train/reward"], prog_bar=True, logger=False)
         self.log("kl", metrics["train/kl"], prog_bar=True, logger=False)
         # the controller sees the KL of this rollout, averaged over ranks so all keep one β
@@ -489,6 +489,17 @@ class PPOModule(PolicyModule):
         critic = self.critic if self.critic is not None else self.value_head
         params = groups + [p for p in critic.parameters() if p.requires_grad]
         return super()._optimizers_for(params)
+
+    def export_extras(self) -> dict[str, dict]:
+        """ppo_stats.json: the last iteration's training metrics (reward, KL to πref, β, ...)."""
+        return {"ppo_stats.json": self.last_metrics} if self.last_metrics else {}
+
+    def total_optimizer_steps(self) -> int:
+        """``max_steps`` when set; otherwise batches (iterations) × optimizer steps per iteration."""
+        if self.trainer.max_steps and self.trainer.max_steps > 0:
+            return self.trainer.max_steps
+        batches = int(self.trainer.estimated_stepping_batches)
+        return batches * self.ppo.ppo_epochs * self.ppo.num_minibatches
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["kl_controller"] = self.kl_controller.state_dict()

@@ -7,8 +7,14 @@ Three kinds of problem, each a short prompt ending in ``=`` whose answer is a sh
 - ``cnt``:  ``"cnt b abbcb="`` -> ``"3"``      count a letter in 3-6 letters from a-c
 
 The oracle recomputes the answer from the prompt alone, so it scores any response to any prompt of
-the suite, seen or not. A ~1M-parameter model learns part of the suite in a few CPU minutes of SFT
-(``rev`` and ``cnt`` first, ``add`` with carries last), which leaves room for the later stages.
+the suite, seen or not.
+
+The SFT demonstrations come from a *noisy demonstrator* (``demonstrate``): like a hurried human
+labeller it drops the last letter of half its reversals and counts one too many in half its counts.
+Comparing two answers is easier than writing the right one, so the preference pairs are exact:
+the rejected answer is always wrong, often one of the demonstrator's habitual mistakes. This is the
+premise of RLHF: imitation copies the demonstrator's mistakes (a ~1M-parameter model reaches about
+two thirds of the suite after SFT), and the reward model learns what the comparisons know.
 
 Held-out problems are disjoint from training problems: a problem's split is a hash of its prompt.
 """
@@ -101,12 +107,30 @@ def sample_problems(
     return out
 
 
+def habitual_mistake(problem: Problem) -> str | None:
+    """The noisy demonstrator's mistake on a problem, or None for tasks it gets right."""
+    if problem.task == "rev":
+        return problem.answer[:-1]
+    if problem.task == "cnt":
+        return str(int(problem.answer) + 1)
+    return None
+
+
+def demonstrate(problem: Problem, rng: random.Random, noise: float = 0.5) -> str:
+    """The noisy demonstrator's answer: its habitual mistake with probability ``noise``."""
+    mistake = habitual_mistake(problem)
+    return mistake if mistake is not None and rng.random() < noise else problem.answer
+
+
 def corrupt(problem: Problem, rng: random.Random) -> str:
-    """A wrong answer: a near miss (one character changed), a wrong length, or another problem's."""
+    """A wrong answer: the demonstrator's habitual mistake, a near miss (one character changed),
+    a wrong length, or another problem's answer."""
     ans = problem.answer
     alphabet = "0123456789" if ans.isdigit() else "abcdefgh"
-    kind = rng.choice(("near", "near", "length", "other"))
-    if kind == "near":
+    kind = rng.choice(("habit", "near", "near", "length", "other"))
+    if kind == "habit" and habitual_mistake(problem) is not None:
+        return habitual_mistake(problem)
+    if kind in ("habit", "near"):
         i = rng.randrange(len(ans))
         wrong = ans[:i] + rng.choice(alphabet.replace(ans[i], "")) + ans[i + 1 :]
     elif kind == "length":

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from lightning_rlhf.io import atomic_dir
-from lightning_rlhf.tasks.suite import corrupt, sample_problems
+from lightning_rlhf.tasks.suite import corrupt, demonstrate, sample_problems
 
 # rows per split; the val split is drawn from problems disjoint from train
 SIZES = {"train": {"sft": 20000, "pref": 10000, "prompts": 4000}, "val": 500}
@@ -23,10 +23,12 @@ def _write_jsonl(path: Path, rows: Iterable[dict]) -> int:
     return n
 
 
-def write_task_data(out_dir: str | Path, seed: int = 1234, scale: float = 1.0) -> dict[str, int]:
+def write_task_data(
+    out_dir: str | Path, seed: int = 1234, scale: float = 1.0, demo_noise: float = 0.5
+) -> dict[str, int]:
     """Write ``{sft,pref,prompts}_{train,val}.jsonl`` under ``out_dir``; return rows per file.
 
-    sft:     {"task", "prompt", "completion"}   a correct demonstration
+    sft:     {"task", "prompt", "completion"}   the noisy demonstrator's answer (``demo_noise``)
     pref:    {"task", "prompt", "chosen", "rejected"}   chosen is correct, rejected is not
     prompts: {"task", "prompt", "answer"}       for RL; the oracle needs only the prompt
 
@@ -41,7 +43,11 @@ def write_task_data(out_dir: str | Path, seed: int = 1234, scale: float = 1.0) -
                 rng = random.Random(seed * 100 + offset)
                 if kind == "sft":
                     rows = (
-                        {"task": p.task, "prompt": p.prompt, "completion": p.answer}
+                        {
+                            "task": p.task,
+                            "prompt": p.prompt,
+                            "completion": demonstrate(p, rng, demo_noise),
+                        }
                         for p in problems
                     )
                 elif kind == "pref":

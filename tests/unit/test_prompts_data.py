@@ -296,3 +296,20 @@ def test_train_batches_are_left_padded(tmp_path, tiny_model_dir, tokenizer):
     assert (batch.input_ids[:, -1] == encode_prompt(tokenizer, "=")[-1]).all()
     short = batch.prompts.index("1+2=")
     assert batch.attention_mask[short].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+
+
+def test_prompt_until_cuts_hh_dialogues_at_the_last_marker(tmp_path, tiny_model_dir):
+    rows = [
+        {"chosen": "\n\nHuman: hi\n\nAssistant: yo\n\nHuman: and?\n\nAssistant: sure"},
+        {"chosen": "no marker here"},
+    ] * 2
+    path = tmp_path / "hh.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dm = PromptDataModule(
+        train_path=str(path), val_path=None, val_fraction=0.0, tokenizer=tiny_model_dir,
+        prompt_column="chosen", prompt_until="\n\nAssistant:", batch_size=1,
+    )  # fmt: skip
+    dm.setup("fit")
+    assert [e["prompt"] for e in dm.train_set] == [
+        "\n\nHuman: hi\n\nAssistant: yo\n\nHuman: and?\n\nAssistant:"
+    ] * 2

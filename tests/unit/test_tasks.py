@@ -43,3 +43,34 @@ def test_write_task_data_same_seed_same_bytes(tmp_path):
     for name in a:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert a["sft_train.jsonl"] == 200 and a["prompts_val.jsonl"] == 500
+
+
+def test_noisy_demonstrator_makes_its_habitual_mistakes_at_the_given_rate():
+    from lightning_rlhf.tasks.suite import demonstrate, habitual_mistake
+
+    rng = random.Random(0)
+    problems = sample_problems(4000, seed=4, held_out=False)
+    wrong = {"add": 0, "rev": 0, "cnt": 0}
+    total = {"add": 0, "rev": 0, "cnt": 0}
+    for p in problems:
+        answer = demonstrate(p, rng, noise=0.5)
+        total[p.task] += 1
+        if answer != p.answer:
+            assert answer == habitual_mistake(p) and score(p.prompt, answer) == 0.0
+            wrong[p.task] += 1
+    assert wrong["add"] == 0
+    for task in ("rev", "cnt"):  # 0.5 ± 4 standard errors of ~1000 draws
+        assert abs(wrong[task] / total[task] - 0.5) < 0.07
+    assert all(demonstrate(p, rng, noise=0.0) == p.answer for p in problems[:200])
+
+
+def test_preference_pairs_include_the_demonstrators_mistakes(tmp_path):
+    import json
+
+    write_task_data(tmp_path / "d", seed=3, scale=0.05)
+    rows = [json.loads(line) for line in (tmp_path / "d/pref_train.jsonl").read_text().splitlines()]
+    habits = sum(r["task"] == "rev" and r["rejected"] == r["chosen"][:-1] for r in rows)
+    assert habits > 0.1 * sum(r["task"] == "rev" for r in rows)
+    assert all(
+        r["chosen"] == solve(r["prompt"]) and score(r["prompt"], r["rejected"]) == 0 for r in rows
+    )
