@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -41,6 +42,10 @@ from lightning_rlhf.optim import ScheduleOptions
 from lightning_rlhf.rewards import RewardFunction, RewardModel, check_scores
 from lightning_rlhf.rollout import SamplingOptions
 from lightning_rlhf.types import PromptBatch, Rollout
+
+# Lightning warns that a checkpoint under manual optimisation holds the state after the optimizer
+# steps; an iteration's steps all finish before its checkpoint, which is the state to resume from.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 
 def ppo_adamw(params) -> torch.optim.Optimizer:
