@@ -3,12 +3,11 @@ different prompts."""
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_runner import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,15 +70,8 @@ def test_ddp_two_ranks_train_on_different_prompts_and_export(tmp_path, task_dir)
         "--trainer.enable_checkpointing", "false",
     ]  # fmt: skip
     path = [str(d / "helpers"), *filter(None, [os.environ.get("PYTHONPATH")])]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "lightning_rlhf", *args],
-        cwd=d,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=500,
-    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    proc = run_cli(*args, cwd=d, env=env, check=False, threads=1, timeout=500)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert "exported to" in proc.stdout + proc.stderr
 

@@ -4,12 +4,11 @@ resumed logs exactly what the uninterrupted run logged."""
 import csv
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_runner import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,20 +35,7 @@ STEPS_PER_ITERATION = 2  # ppo_epochs 1 x num_minibatches 2
 
 def cli(*args, cwd, env=None, check=True):
     # one thread: the tiny model's ops are too small for more, and every run must use the same
-    env = {**(env or os.environ), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "lightning_rlhf", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        )
-    return proc
+    return run_cli(*args, cwd=cwd, env=env, check=check, threads=1, timeout=300)
 
 
 @pytest.fixture(scope="module")

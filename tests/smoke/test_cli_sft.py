@@ -1,11 +1,10 @@
 """The real CLI in a subprocess: SFT trains, exports a loadable model, and beats the untrained one."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import yaml
+from cli_runner import run_cli
 
 from lightning_rlhf.evaluate import evaluate_policy
 
@@ -13,14 +12,7 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 def cli(*args, cwd, check=True):
-    proc = subprocess.run(
-        [sys.executable, "-m", "lightning_rlhf", *args], cwd=cwd, capture_output=True, text=True
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        )
-    return proc
+    return run_cli(*args, cwd=cwd, check=check)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,28 @@
+"""Run ``python -m lightning_rlhf ...`` in a subprocess, as a user would."""
+
+import os
+import subprocess
+import sys
+
+
+def run_cli(*args, cwd, env=None, check=True, threads=None, timeout=500):
+    """The finished process; with ``check`` an exit code other than 0 fails with its output.
+
+    ``threads`` pins torch's CPU threads (tiny models run fastest and most repeatably on one).
+    """
+    env = dict(env or os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_rlhf", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
+    return proc
