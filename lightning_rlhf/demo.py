@@ -78,5 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
             f"ppo: KL(π‖πref) {last['kl']:.3f} nats per response (k3 {last['kl_k3']:.3f}), "
             f"β {last['beta']:.3f} at the last iteration"
         )
-    print(f"summary written to {out / 'summary.json'}")
+    from lightning_rlhf.report import write_report
+
+    report = write_report(summary, "runs", out)
+    print(f"summary written to {out / 'summary.json'}; report with plots: {report}")
     return summary
