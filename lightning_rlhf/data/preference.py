@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from lightning_rlhf.data.base import TextDataModule
 from lightning_rlhf.data.collate import collate_preferences
 from lightning_rlhf.data.load import require_columns
-from lightning_rlhf.data.text import PLAIN_CHAT_TEMPLATE, encode_completion, encode_prompt
+from lightning_rlhf.data.text import encode_completion, encode_prompt, split_conversation
 
 log = logging.getLogger(__name__)
 
@@ -32,20 +32,11 @@ def split_shared_prefix(chosen: str, rejected: str) -> tuple[str, str, str]:
 
 def _render_messages(chosen: list[dict], rejected: list[dict], tokenizer) -> tuple[str, str, str]:
     """Conversations sharing all turns but the last -> (templated prompt, chosen, rejected)."""
-    if (
-        not chosen
-        or not rejected
-        or chosen[-1].get("role") != "assistant"
-        or rejected[-1].get("role") != "assistant"
-    ):
-        raise ValueError("conversation has no final assistant turn to compare")
-    template = getattr(tokenizer, "chat_template", None) or PLAIN_CHAT_TEMPLATE
-    render = partial(tokenizer.apply_chat_template, chat_template=template, tokenize=False)
-    prompt = render(chosen[:-1], add_generation_prompt=True)
-    full_c, full_r = render(chosen), render(rejected)
-    if not (full_c.startswith(prompt) and full_r.startswith(prompt)):
+    prompt, chosen_text = split_conversation(chosen, tokenizer)
+    rejected_prompt, rejected_text = split_conversation(rejected, tokenizer)
+    if rejected_prompt != prompt:
         raise ValueError("chosen and rejected conversations do not share their prompt turns")
-    return prompt, full_c[len(prompt) :], full_r[len(prompt) :]
+    return prompt, chosen_text, rejected_text
 
 
 def fit_pair(prompt: list[int], response: list[int], max_length: int) -> list[int]:

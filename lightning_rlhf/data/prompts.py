@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Sampler
 from lightning_rlhf.data.base import TextDataModule
 from lightning_rlhf.data.collate import collate_prompts
 from lightning_rlhf.data.load import require_columns
-from lightning_rlhf.data.text import PLAIN_CHAT_TEMPLATE, encode_prompt
+from lightning_rlhf.data.text import encode_prompt, render_chat
 
 log = logging.getLogger(__name__)
 
@@ -167,12 +167,8 @@ class PromptDataModule(TextDataModule):
         out, dropped, cut = [], 0, 0
         for row in ds:
             if chat:
-                template = getattr(self.tokenizer, "chat_template", None) or PLAIN_CHAT_TEMPLATE
-                prompt = self.tokenizer.apply_chat_template(
-                    row[hp.messages_column],
-                    chat_template=template,
-                    tokenize=False,
-                    add_generation_prompt=True,
+                prompt = render_chat(
+                    self.tokenizer, row[hp.messages_column], add_generation_prompt=True
                 )
             else:
                 prompt = row[hp.prompt_column]

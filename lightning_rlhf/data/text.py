@@ -11,6 +11,19 @@ PLAIN_CHAT_TEMPLATE = (
 )
 
 
+def render_chat(
+    tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False
+) -> str:
+    """A conversation as text, with the tokenizer's chat template or the plain fallback."""
+    template = getattr(tokenizer, "chat_template", None) or PLAIN_CHAT_TEMPLATE
+    return tokenizer.apply_chat_template(
+        messages,
+        chat_template=template,
+        tokenize=False,
+        add_generation_prompt=add_generation_prompt,
+    )
+
+
 def split_conversation(messages: list[dict[str, str]], tokenizer: Any) -> tuple[str, str]:
     """Render a conversation with the tokenizer's chat template (or the plain fallback).
 
@@ -21,12 +34,8 @@ def split_conversation(messages: list[dict[str, str]], tokenizer: Any) -> tuple[
     """
     if not messages or messages[-1].get("role") != "assistant":
         raise ValueError("conversation has no final assistant turn to learn from")
-    template = getattr(tokenizer, "chat_template", None) or PLAIN_CHAT_TEMPLATE
-    render = tokenizer.apply_chat_template
-    prompt = render(
-        messages[:-1], chat_template=template, tokenize=False, add_generation_prompt=True
-    )
-    full = render(messages, chat_template=template, tokenize=False)
+    prompt = render_chat(tokenizer, messages[:-1], add_generation_prompt=True)
+    full = render_chat(tokenizer, messages)
     if not full.startswith(prompt):
         raise ValueError("chat template renders the prompt differently inside the conversation")
     return prompt, full[len(prompt) :]

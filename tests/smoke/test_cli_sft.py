@@ -1,6 +1,7 @@
 """The real CLI in a subprocess: SFT trains, exports a loadable model, and beats the untrained one."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -8,7 +9,7 @@ from cli_runner import run_cli
 
 from lightning_rlhf.evaluate import evaluate_policy
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(*args, cwd, check=True):
