@@ -298,6 +298,101 @@ def leave_one_out_advantages(scores: Tensor, group_size: int) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
+# advantage estimators: the RL stage's pluggable part (PPO's GAE, GRPO, RLOO)
+# ---------------------------------------------------------------------------------------------
+
+
+class AdvantageEstimator:
+    """Turns a rollout's per-token rewards into per-token advantages.
+
+    ``rewards`` come from :func:`penalized_rewards`: the score at each response's last token and,
+    when the KL penalty is in the reward, ``-beta * kl`` at every token. Subclasses implement
+    ``__call__(rewards, values, mask, group_size) -> (advantages, returns)``, all (B, T).
+
+    Attributes:
+        needs_critic: the estimator uses ``values`` (a learned critic is loaded and trained).
+        min_group_size: the fewest samples per prompt it works with.
+    """
+
+    needs_critic: bool = False
+    min_group_size: int = 1
+
+    def __call__(
+        self, rewards: Tensor, values: Tensor, mask: Tensor, group_size: int
+    ) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+class GAE(AdvantageEstimator):
+    """PPO's advantages: :func:`gae` over per-token rewards and a learned critic's values.
+
+    Args:
+        gamma: discount, in [0, 1].
+        lam: GAE λ, in [0, 1]; 1 gives Monte-Carlo returns minus the value baseline.
+    """
+
+    needs_critic = True
+
+    def __init__(self, gamma: float = 1.0, lam: float = 0.95) -> None:
+        if not (0 <= gamma <= 1 and 0 <= lam <= 1):
+            raise ValueError(f"GAE gamma and lam must be in [0, 1], got {gamma}, {lam}")
+        self.gamma, self.lam = gamma, lam
+
+    def __call__(
+        self, rewards: Tensor, values: Tensor, mask: Tensor, group_size: int
+    ) -> tuple[Tensor, Tensor]:
+        return gae(rewards, values, mask, self.gamma, self.lam)
+
+
+def _sequence_advantages(seq_adv: Tensor, returns: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Broadcast (B,) advantages and returns to every valid token: (B, T) each."""
+    mask = mask.to(seq_adv.dtype)
+    return seq_adv.unsqueeze(1) * mask, returns.unsqueeze(1) * mask
+
+
+class GroupRelative(AdvantageEstimator):
+    """GRPO (Shao et al. 2024): a response's return relative to the others sampled for its prompt.
+
+    The return of a response is the sum of its per-token rewards (its score, minus β·KL when the
+    penalty is in the reward); :func:`group_advantages` over each prompt's ``group_size``
+    responses gives one advantage, shared by every token of the response. No critic.
+
+    Args:
+        scale_by_std: divide by the group's standard deviation (GRPO); False keeps the
+            mean-centred return (Dr. GRPO, Liu et al. 2025), which does not up-weight groups
+            whose responses barely differ.
+        eps: added to the standard deviation.
+    """
+
+    min_group_size = 2
+
+    def __init__(self, scale_by_std: bool = True, eps: float = 1e-6) -> None:
+        self.scale_by_std, self.eps = scale_by_std, eps
+
+    def __call__(
+        self, rewards: Tensor, values: Tensor, mask: Tensor, group_size: int
+    ) -> tuple[Tensor, Tensor]:
+        returns = (rewards * mask.to(rewards.dtype)).sum(1)  # (B,)
+        adv = group_advantages(returns, group_size, self.scale_by_std, self.eps)
+        return _sequence_advantages(adv, returns, mask)
+
+
+class LeaveOneOut(AdvantageEstimator):
+    """RLOO (Ahmadian et al. 2024): a response's return minus the mean return of the other
+    responses to its prompt (:func:`leave_one_out_advantages`), shared by all its tokens. No
+    critic; needs at least 2 responses per prompt."""
+
+    min_group_size = 2
+
+    def __call__(
+        self, rewards: Tensor, values: Tensor, mask: Tensor, group_size: int
+    ) -> tuple[Tensor, Tensor]:
+        returns = (rewards * mask.to(rewards.dtype)).sum(1)  # (B,)
+        adv = leave_one_out_advantages(returns, group_size)
+        return _sequence_advantages(adv, returns, mask)
+
+
+# ---------------------------------------------------------------------------------------------
 # KL controllers
 # ---------------------------------------------------------------------------------------------
 

@@ -10,18 +10,82 @@ python -m lightning_rlhf demo                               # the whole pipeline
 from __future__ import annotations
 
 import argparse
+import io
+import os
+import pickle
 import sys
+from pathlib import Path
+from typing import Any
 
-from lightning import LightningDataModule, LightningModule
+from lightning import LightningDataModule, LightningModule, Trainer
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
+
+PACKAGE = Path(__file__).resolve().parent
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written beside their target and renamed over it (the CLI's writer).
+
+    Lightning's own writer stages the file in the system's temporary directory and moves it; when
+    that is another filesystem the move is a copy, and a kill during it leaves a truncated
+    checkpoint. This one never does. From Python: ``Trainer(plugins=[AtomicCheckpointIO()])``.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        import torch
+
+        from lightning_rlhf.io import atomic_write_bytes
+
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
 
 
 class RLHFCLI(LightningCLI):
-    """LightningCLI with the model's tokenizer shared with the data module."""
+    """LightningCLI with the model's tokenizer shared with the data module, and checkpoints
+    written atomically."""
 
     def add_arguments_to_parser(self, parser) -> None:
         # one value, two consumers: the data is tokenised with the tokenizer of the model it trains
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer")
+
+    def _load_checkpoints_safely(self) -> None:
+        # --ckpt_path is unpickled with weights_only=True (nothing in it can run code) whatever
+        # the torch version's default; `--weights_only false` is the explicit way out
+        arguments = self.config_init[self.subcommand]
+        if arguments.get("weights_only") is None:
+            arguments["weights_only"] = True
+
+    before_fit = before_validate = before_test = before_predict = _load_checkpoints_safely
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's own plugin
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """The error in ``err``'s chain that explains itself: one raised by this package's own checks
+    (a bad value, a missing file, a non-finite loss), a Lightning configuration error, or a
+    checkpoint refused because unpickling it could run code. None: show the whole traceback."""
+    while err is not None:
+        if isinstance(err, (MisconfigurationException, pickle.UnpicklingError)):
+            return err
+        if isinstance(err, (ValueError, OSError, FloatingPointError)):
+            tb = err.__traceback__
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            if tb is not None and Path(tb.tb_frame.f_code.co_filename).is_relative_to(PACKAGE):
+                return err
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def _init_model(argv: list[str]) -> None:
@@ -75,11 +139,19 @@ def main(args: list[str] | None = None) -> None:
     if argv and argv[0] in TOOLS:
         TOOLS[argv[0]](argv[1:])
         return
-    RLHFCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        args=args if args is None else argv,
-    )
+    try:
+        RLHFCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            args=args if args is None else argv,
+        )
+    except Exception as err:
+        shown = user_error(err)
+        if shown is None or os.environ.get("LIGHTNING_RLHF_TRACEBACK") == "1":
+            raise
+        sys.exit(
+            f"error: {type(shown).__name__}: {shown}\n(LIGHTNING_RLHF_TRACEBACK=1 shows where)"
+        )

@@ -24,10 +24,12 @@ def _check_chunk_size(chunk_size: int) -> None:
 def token_logprobs(logits: Tensor, labels: Tensor, chunk_size: int = 1024) -> Tensor:
     """Log-probability of each label: ``log pi(y_t) = z_t[y_t] - logsumexp(z_t)``.
 
-    Rows of the flattened (B*T, V) logits are processed ``chunk_size`` at a time and upcast to
-    float32 per chunk, so no full (B, T, V) float32 log-softmax is materialised in the
-    forward pass (bf16 logits are fine). Positions with label -100 give 0.0. Note that under
-    autograd each chunk's float32 copy is kept for the backward pass.
+    Rows of the flattened (B*T, V) logits are processed ``chunk_size`` at a time, each upcast to
+    float32 and handed to the fused cross-entropy kernel (one log-softmax pass, and a backward that
+    writes the logits' gradient once), so no full (B, T, V) float32 log-softmax is materialised in
+    the forward pass (bf16 logits are fine). The chunks come from ``split``, whose backward is one
+    concatenation. Positions with label -100 give 0.0. Under autograd each chunk's float32
+    log-softmax is kept for the backward pass.
 
     Args:
         logits: (B, T, V), any float dtype; ``logits[:, t]`` scores ``labels[:, t]``.
@@ -39,18 +41,14 @@ def token_logprobs(logits: Tensor, labels: Tensor, chunk_size: int = 1024) -> Te
     """
     _check_chunk_size(chunk_size)
     B, T, V = logits.shape
-    flat_logits = logits.reshape(B * T, V)
-    flat_labels = labels.reshape(B * T)
-    index = flat_labels.clamp(min=0).unsqueeze(-1)  # (B*T, 1)
-    chunks = []
-    for start in range(0, B * T, chunk_size):
-        z = flat_logits[start : start + chunk_size].float()  # (chunk, V)
-        picked = z.gather(-1, index[start : start + chunk_size]).squeeze(-1)  # (chunk,)
-        chunks.append(picked - torch.logsumexp(z, dim=-1))
-    if not chunks:  # B * T == 0
+    if B * T == 0:
         return logits.new_zeros((B, T), dtype=torch.float32)
-    logps = torch.cat(chunks).masked_fill(flat_labels == _IGNORE_INDEX, 0.0)
-    return logps.view(B, T)
+    rows = zip(logits.reshape(B * T, V).split(chunk_size), labels.reshape(B * T).split(chunk_size))
+    chunks = [
+        -F.cross_entropy(z.float(), y, ignore_index=_IGNORE_INDEX, reduction="none")
+        for z, y in rows
+    ]  # (chunk,) each, 0.0 where ignored
+    return torch.cat(chunks).view(B, T)
 
 
 def entropy_from_logits(logits: Tensor, chunk_size: int = 1024) -> Tensor:
@@ -84,8 +82,9 @@ def completion_nll(
     """Mean token cross-entropy over the positions whose label is not ``ignore_index``.
 
     ``loss = -sum_t m_t * log pi(y_t) / max(sum_t m_t, 1)`` with ``m_t = [y_t != ignore_index]``.
-    ``logits[:, t]`` predicts ``labels[:, t]``: the caller does the shift. If no position
-    counts the loss is 0 (still attached to the graph, with zero gradient).
+    ``logits[:, t]`` predicts ``labels[:, t]``: the caller does the shift (and may pass only the
+    positions it learns, e.g. (1, N, V)). Computed in float32 by the fused cross-entropy kernel.
+    If no position counts the loss is 0 (still attached to the graph, with zero gradient).
 
     Args:
         logits: (B, T, V), any float dtype.
@@ -94,15 +93,18 @@ def completion_nll(
 
     Returns:
         ``(loss, stats)``: 0-dim float32 loss; stats ``nll`` (= loss), ``tokens`` (number of
-        counted positions, float), ``token_accuracy`` (fraction of counted positions where
-        ``argmax(logits) == label``).
+        counted positions, float), ``token_accuracy`` (fraction of counted positions where the
+        label's logit is the largest, i.e. ``argmax(logits) == label`` up to ties).
     """
-    counted = labels != ignore_index  # (B, T) bool
-    logps = token_logprobs(logits, labels.masked_fill(~counted, _IGNORE_INDEX))  # (B, T)
+    counted = (labels != ignore_index).reshape(-1)  # (B*T,) bool
+    flat = logits.reshape(-1, logits.shape[-1]).float()  # (B*T, V)
+    targets = labels.reshape(-1).masked_fill(~counted, _IGNORE_INDEX)
     n_tokens = counted.sum().float()
-    loss = -logps.sum() / n_tokens.clamp(min=1)  # logps is 0 where not counted
-    with torch.no_grad():
-        correct = (logits.argmax(dim=-1) == labels) & counted
+    nll_sum = F.cross_entropy(flat, targets, ignore_index=_IGNORE_INDEX, reduction="sum")
+    loss = nll_sum / n_tokens.clamp(min=1)
+    with torch.no_grad():  # max instead of argmax: one cheaper pass over the vocabulary
+        picked = flat.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B*T,)
+        correct = (picked >= flat.amax(dim=-1)) & counted
         accuracy = correct.sum().float() / n_tokens.clamp(min=1)
     stats = {"nll": loss.detach(), "tokens": n_tokens, "token_accuracy": accuracy}
     return loss, stats
@@ -226,3 +228,95 @@ def value_loss(
         errors = torch.maximum(errors, clipped_errors)
     loss = 0.5 * masked_mean(errors, mask)
     return loss, {"value_loss": loss.detach(), "value_clipfrac": clipfrac}
+
+
+def sequence_logprobs(logits: Tensor, input_ids: Tensor, response_mask: Tensor) -> Tensor:
+    """Log-probability of each row's response: ``log pi(y|x) = sum_t m_t * log pi(y_t | y_<t)``.
+
+    The shift is done here: ``logits[:, t]`` predicts ``input_ids[:, t + 1]``, so a response
+    token at position 0 (no context) is never counted.
+
+    Args:
+        logits: (B, T, V), any float dtype, of the whole sequences.
+        input_ids: (B, T) long.
+        response_mask: (B, T) 1 on response tokens.
+
+    Returns:
+        (B,) float32.
+    """
+    labels = input_ids[:, 1:].masked_fill(response_mask[:, 1:] == 0, _IGNORE_INDEX)  # (B, T-1)
+    return token_logprobs(logits[:, :-1], labels).sum(dim=-1)
+
+
+def check_dpo_options(beta: float, loss_type: str, label_smoothing: float) -> None:
+    """Raise ValueError for options :func:`dpo_loss` does not define."""
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    if loss_type not in ("sigmoid", "ipo"):
+        raise ValueError(f"loss_type must be 'sigmoid' or 'ipo', got {loss_type!r}")
+    if loss_type == "ipo" and label_smoothing:
+        raise ValueError("label_smoothing applies to loss_type 'sigmoid' only")
+
+
+def dpo_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    beta: float,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Direct preference optimisation loss from sequence log-probs.
+
+    With the log-ratio difference
+    ``h = (log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l))``:
+
+    - ``"sigmoid"`` (DPO, Rafailov et al. 2023), with label smoothing eps (conservative DPO):
+      ``loss = mean(-(1 - eps) * logsigmoid(beta * h) - eps * logsigmoid(-beta * h))``;
+    - ``"ipo"`` (IPO, Azar et al. 2023): ``loss = mean((h - 1 / (2 * beta))**2)``.
+
+    The implicit reward of a response is ``beta * (log pi(y) - log pi_ref(y))``. The reference
+    log-probs are detached. Computed in float32.
+
+    Args:
+        policy_chosen_logps: (B,) log pi(y_w | x), with grad.
+        policy_rejected_logps: (B,) log pi(y_l | x), with grad.
+        ref_chosen_logps: (B,) log pi_ref(y_w | x).
+        ref_rejected_logps: (B,) log pi_ref(y_l | x).
+        beta: > 0; the strength of the KL regularisation (IPO's target margin is 1 / (2 beta)).
+        loss_type: "sigmoid" or "ipo".
+        label_smoothing: eps in [0, 0.5), the assumed rate of flipped labels; "sigmoid" only.
+
+    Returns:
+        ``(loss, stats)``: stats ``dpo_loss`` (= loss), ``chosen_reward`` and
+        ``rejected_reward`` (means of the implicit rewards), ``accuracy`` (mean of chosen reward >
+        rejected reward, strict), ``margin`` (mean chosen - rejected reward), ``chosen_logratio``
+        and ``rejected_logratio`` (means of log pi - log pi_ref on each side: a proxy of the
+        KL to the reference on the data's responses).
+    """
+    check_dpo_options(beta, loss_type, label_smoothing)
+    chosen_logratio = policy_chosen_logps.float() - ref_chosen_logps.detach().float()  # (B,)
+    rejected_logratio = policy_rejected_logps.float() - ref_rejected_logps.detach().float()
+    h = chosen_logratio - rejected_logratio  # (B,)
+    if loss_type == "ipo":
+        losses = (h - 1.0 / (2.0 * beta)) ** 2
+    else:
+        losses = -(1.0 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * (
+            F.logsigmoid(-beta * h)
+        )
+    loss = losses.mean()
+    with torch.no_grad():
+        chosen_reward, rejected_reward = beta * chosen_logratio, beta * rejected_logratio
+        stats = {
+            "dpo_loss": loss.detach(),
+            "chosen_reward": chosen_reward.mean(),
+            "rejected_reward": rejected_reward.mean(),
+            "accuracy": (chosen_reward > rejected_reward).float().mean(),
+            "margin": (chosen_reward - rejected_reward).mean(),
+            "chosen_logratio": chosen_logratio.mean(),
+            "rejected_logratio": rejected_logratio.mean(),
+        }
+    return loss, stats

@@ -84,6 +84,26 @@ def _missing(name_or_path: str) -> str:
     )
 
 
+def check_same_tokenizer(policy: str, other: str, role: str, trust_remote_code: bool = False):
+    """Refuse a model that reads the policy's token ids but was trained with another tokenizer.
+
+    The reference policy and the critic read the policy's ids directly; a reward function sees
+    text and re-tokenises it, so a reward model may use any tokenizer.
+    """
+    if Path(policy).expanduser().resolve() == Path(other).expanduser().resolve():
+        return
+    a, b = load_tokenizer(policy, trust_remote_code), load_tokenizer(other, trust_remote_code)
+    va, vb = a.get_vocab(), b.get_vocab()
+    differ = sum(vb.get(t) != i for t, i in va.items()) + len(vb.keys() - va.keys())
+    if differ or (a.eos_token_id, a.pad_token_id) != (b.eos_token_id, b.pad_token_id):
+        raise ValueError(
+            f"{role} '{other}' has another tokenizer than the policy '{policy}' ({differ} of "
+            f"{len(va)} token ids differ; EOS/pad ids {b.eos_token_id}/{b.pad_token_id} vs "
+            f"{a.eos_token_id}/{a.pad_token_id}). It reads the policy's token ids, so it must "
+            "share the policy's tokenizer"
+        )
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, padding_side: str = "right"):
     """The tokenizer saved beside a model, with a pad token guaranteed (EOS when it has none)."""
     from transformers import AutoTokenizer
@@ -111,19 +131,52 @@ def _from_pretrained(auto_cls, name_or_path: str, options: ModelOptions, **kwarg
         kwargs["attn_implementation"] = options.attn_implementation
     dtype = options.dtype if options.dtype == "auto" else getattr(torch, options.dtype)
     try:
-        model = auto_cls.from_pretrained(
+        model, info = auto_cls.from_pretrained(
             name_or_path,
             dtype=dtype,
             trust_remote_code=options.trust_remote_code,
             use_safetensors=_has_safetensors(name_or_path),
+            output_loading_info=True,
             **kwargs,
         )
     except OSError as err:
         raise FileNotFoundError(_missing(name_or_path)) from err
+    except ValueError as err:
+        if "Unrecognized configuration class" not in str(err):
+            raise
+        kind = "causal LM" if "CausalLM" in auto_cls.__name__ else "scalar-head model"
+        raise ValueError(
+            f"'{name_or_path}' is a model of another kind ({_architectures(name_or_path)}) that "
+            f"cannot be loaded as a {kind}, which this stage needs"
+        ) from None
+    nonfinite = [
+        n for n, p in model.named_parameters() if not p.is_meta and not torch.isfinite(p).all()
+    ]
+    if nonfinite:  # caught here, not as a sampling error deep inside generate()
+        raise ValueError(
+            f"'{name_or_path}' holds non-finite weights (NaN or Inf) in {len(nonfinite)} tensors "
+            f"({', '.join(nonfinite[:3])}): the checkpoint is corrupt; export it again from a good "
+            "checkpoint"
+        )
     if options.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    return model
+    return model, sorted(info.get("missing_keys", []))
+
+
+def _architectures(name_or_path: str) -> str:
+    """The architectures a model directory's config.json names, for messages."""
+    config = Path(name_or_path).expanduser() / "config.json"
+    if not config.is_file():
+        return "architecture unknown"
+    saved = json.loads(config.read_text())
+    return ", ".join(saved.get("architectures") or [saved.get("model_type", "unknown")])
+
+
+def _saved_as_scalar_model(model: nn.Module) -> bool:
+    """Whether the checkpoint was saved with a sequence-classification (reward or value) head."""
+    saved = getattr(model.config, "architectures", None) or []
+    return bool(saved) and all(a.endswith("ForSequenceClassification") for a in saved)
 
 
 def _has_safetensors(name_or_path: str) -> bool | None:
@@ -160,22 +213,46 @@ def load_causal_lm(name_or_path: str, options: ModelOptions | None = None) -> nn
     from transformers import AutoModelForCausalLM
 
     options = options or ModelOptions()
-    model = _from_pretrained(AutoModelForCausalLM, name_or_path, options)
+    model, missing = _from_pretrained(AutoModelForCausalLM, name_or_path, options)
+    if missing:
+        raise ValueError(
+            f"'{name_or_path}' ({_architectures(name_or_path)}) lacks {len(missing)} weights a "
+            f"causal LM needs ({', '.join(missing[:3])}, ...): they would start random. This "
+            "stage needs a causal LM: a base model or an SFT export"
+        )
+    if _saved_as_scalar_model(model):
+        raise ValueError(
+            f"'{name_or_path}' is a reward/value model ({_architectures(name_or_path)}): its "
+            "language-model head is not trained. This stage needs a causal LM: a base model or "
+            "an SFT export"
+        )
     if options.lora is not None:
         model = _apply_lora(model, options.lora, "CAUSAL_LM")
     return model
 
 
 def load_scalar_model(
-    name_or_path: str, options: ModelOptions | None = None, pad_token_id: int | None = None
+    name_or_path: str,
+    options: ModelOptions | None = None,
+    pad_token_id: int | None = None,
+    trained_head: bool = False,
 ) -> nn.Module:
-    """The LM with a scalar head (reward model, critic): ``AutoModelForSequenceClassification``."""
+    """The LM with a scalar head (reward model, critic): ``AutoModelForSequenceClassification``.
+
+    A causal LM gets a new, random head (what training a reward model or a critic starts from);
+    ``trained_head=True`` refuses one, for a reward model that scores without training.
+    """
     from transformers import AutoModelForSequenceClassification
 
     options = options or ModelOptions()
-    model = _from_pretrained(
+    model, _ = _from_pretrained(  # the head is new unless the checkpoint has one
         AutoModelForSequenceClassification, name_or_path, options, num_labels=1
     )
+    if trained_head and not _saved_as_scalar_model(model):
+        raise ValueError(
+            f"'{name_or_path}' has no trained reward head ({_architectures(name_or_path)}): its "
+            "scores would be random. Point the reward at a reward-stage export (configs/reward.yaml)"
+        )
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id  # HF reads the score at the last non-pad token
     if options.lora is not None:

@@ -43,6 +43,10 @@ class PreferenceBatch(NamedTuple):
     margin:         (B,) required margin per pair (zeros when the data has none)
     prompts:        B prompt texts (for the oracle's agreement)
     responses:      2B response texts, chosen then rejected
+    response_mask:  (2B, T) 1 on the response tokens of each row (its prompt and pad are 0), or
+                    None; DPO sums the log-probs of these tokens, the reward model ignores it
+    index:          (B,) long position of each pair in its data set (a stable key, e.g. for
+                    cached reference log-probs), or None
     """
 
     input_ids: Tensor
@@ -50,6 +54,8 @@ class PreferenceBatch(NamedTuple):
     margin: Tensor
     prompts: list[str]
     responses: list[str]
+    response_mask: Tensor | None = None
+    index: Tensor | None = None
 
 
 class Rollout(NamedTuple):

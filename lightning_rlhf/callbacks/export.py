@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
+
+from lightning_rlhf.io import check_writable
 
 
 class HFExport(Callback):
@@ -17,6 +21,11 @@ class HFExport(Callback):
     def __init__(self, dirpath: str = "artifacts/export", next_hint: str = "") -> None:
         self.dirpath = dirpath
         self.next_hint = next_hint
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # a read-only or missing-permission export directory fails before training, not after
+        if stage == "fit" and trainer.is_global_zero:
+            check_writable(Path(self.dirpath).absolute().parent, "HFExport dirpath's parent")
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.interrupted:

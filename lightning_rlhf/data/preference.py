@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lightning_rlhf.data.base import TextDataModule
-from lightning_rlhf.data.collate import collate_preferences
+from lightning_rlhf.data.collate import collate_preferences, collate_prompts
 from lightning_rlhf.data.load import require_columns
 from lightning_rlhf.data.text import encode_completion, encode_prompt, split_conversation
 
@@ -47,6 +47,11 @@ def fit_pair(prompt: list[int], response: list[int], max_length: int) -> list[in
     return (prompt[-room:] if room > 0 else []) + response
 
 
+def _fitted(prompt: list[int], response: list[int], max_length: int) -> tuple[list[int], int]:
+    """``fit_pair``'s ids and how many of them, at the end, are the response's."""
+    return fit_pair(prompt, response, max_length), min(len(response), max_length - 1)
+
+
 class PreferenceDataModule(TextDataModule):
     """Preference pairs: a prompt, a preferred (chosen) and a dispreferred (rejected) response.
 
@@ -70,6 +75,9 @@ class PreferenceDataModule(TextDataModule):
         margin_column: optional column of required reward margins per pair.
         max_length: longest tokenised prompt + response; longer ones keep the end of the response.
         batch_size: pairs per step and device (each pair is two sequences).
+        num_eval_prompts: prompts of the first validation pairs served as a second validation
+            loader, for a policy to answer (the DPO stage's oracle score); 0 serves the pairs
+            alone, as the reward stage expects.
         num_workers: DataLoader workers.
         seed: seed of the held-out split and shuffling.
         trust_remote_code: allow the tokenizer's own code from the hub.
@@ -90,6 +98,7 @@ class PreferenceDataModule(TextDataModule):
         margin_column: str | None = None,
         max_length: int = 128,
         batch_size: int = 64,
+        num_eval_prompts: int = 0,
         num_workers: int = 0,
         seed: int = 0,
         trust_remote_code: bool = False,
@@ -97,6 +106,8 @@ class PreferenceDataModule(TextDataModule):
         super().__init__()
         if max_length < 2:
             raise ValueError(f"max_length must be at least 2, got {max_length}")
+        if num_eval_prompts < 0:
+            raise ValueError(f"num_eval_prompts must be >= 0, got {num_eval_prompts}")
         self.save_hyperparameters()
 
     def _texts(self, row: dict, has_prompt: bool) -> tuple[str, str, str]:
@@ -133,14 +144,20 @@ class PreferenceDataModule(TextDataModule):
                 continue
             templated = isinstance(row[hp.chosen_column], list)
             p_ids = encode_prompt(self.tokenizer, prompt, templated)
+            chosen_ids, chosen_len = _fitted(
+                p_ids, encode_completion(self.tokenizer, chosen), hp.max_length
+            )
+            rejected_ids, rejected_len = _fitted(
+                p_ids, encode_completion(self.tokenizer, rejected), hp.max_length
+            )
             out.append(
                 {
-                    "chosen_ids": fit_pair(
-                        p_ids, encode_completion(self.tokenizer, chosen), hp.max_length
-                    ),
-                    "rejected_ids": fit_pair(
-                        p_ids, encode_completion(self.tokenizer, rejected), hp.max_length
-                    ),
+                    "chosen_ids": chosen_ids,
+                    "rejected_ids": rejected_ids,
+                    "chosen_response_len": chosen_len,
+                    "rejected_response_len": rejected_len,
+                    "prompt_ids": p_ids[-hp.max_length :],
+                    "index": len(out),
                     "margin": float(row[hp.margin_column]) if hp.margin_column else 0.0,
                     "prompt": prompt,
                     "chosen": chosen,
@@ -168,4 +185,15 @@ class PreferenceDataModule(TextDataModule):
         return self._loader(self.train_set, shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list:
-        return self._loader(self.val_set, shuffle=False) if self.val_set else []
+        """The pairs; with ``num_eval_prompts``, a second loader of their prompts, left-padded."""
+        if not self.val_set:
+            return []
+        pairs = self._loader(self.val_set, shuffle=False)
+        if not self.hparams.num_eval_prompts:
+            return pairs
+        prompts = DataLoader(
+            self.val_set[: self.hparams.num_eval_prompts],
+            batch_size=max(self.hparams.batch_size, 128),
+            collate_fn=partial(collate_prompts, pad_token_id=self.tokenizer.pad_token_id),
+        )
+        return [pairs, prompts]

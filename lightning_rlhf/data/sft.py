@@ -6,7 +6,6 @@ import logging
 from functools import partial
 from typing import Literal
 
-import torch
 from torch.utils.data import DataLoader
 
 from lightning_rlhf.data.base import TextDataModule
@@ -25,11 +24,13 @@ log = logging.getLogger(__name__)
 def row_to_text(
     row: dict, prompt_column: str, completion_column: str, messages_column: str, tokenizer
 ):
-    """(prompt, completion, templated) of one row, conversational or prompt/completion."""
-    if messages_column in row and row[messages_column] is not None:
+    """(prompt, completion, templated) of one row, conversational or prompt/completion.
+
+    A row without a conversation falls back to its prompt/completion columns (None if absent)."""
+    if row.get(messages_column) is not None:
         prompt, completion = split_conversation(row[messages_column], tokenizer)
         return prompt, completion, True
-    return row[prompt_column], row[completion_column], False
+    return row.get(prompt_column), row.get(completion_column), False
 
 
 def pack(examples: list[dict], max_length: int) -> list[dict]:
@@ -120,7 +121,9 @@ class SFTDataModule(TextDataModule):
                     row, hp.prompt_column, hp.completion_column, hp.messages_column, self.tokenizer
                 )
             except ValueError as err:
-                raise ValueError(f"{source} row {i}: {err}") from None
+                raise ValueError(
+                    f"{source} row {i}: {err} (column '{hp.messages_column}')"
+                ) from None
             if not isinstance(prompt, str) or not isinstance(completion, str) or not completion:
                 dropped += 1
                 continue
@@ -148,7 +151,10 @@ class SFTDataModule(TextDataModule):
             )
         if dropped or cut:
             log.warning(
-                "%s: %d rows dropped (empty or too long), %d truncated", source, dropped, cut
+                "%s: %d rows dropped (empty, not text, or too long), %d truncated",
+                source,
+                dropped,
+                cut,
             )
         if not out:
             raise ValueError(
@@ -159,15 +165,8 @@ class SFTDataModule(TextDataModule):
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         data = pack(self.train_set, hp.max_length) if hp.packing else self.train_set
-        generator = torch.Generator().manual_seed(hp.seed)
-        return DataLoader(
-            data,
-            batch_size=hp.batch_size,
-            shuffle=True,
-            generator=generator,
-            num_workers=hp.num_workers,
-            collate_fn=partial(collate_lm, pad_token_id=self.tokenizer.pad_token_id),
-        )
+        collate = partial(collate_lm, pad_token_id=self.tokenizer.pad_token_id)
+        return self.resumable_loader(data, collate)
 
     def val_dataloader(self) -> list[DataLoader]:
         """Two loaders: 0 for loss and token metrics, 1 for generation from held-out prompts."""

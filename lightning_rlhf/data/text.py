@@ -11,10 +11,25 @@ PLAIN_CHAT_TEMPLATE = (
 )
 
 
+def check_messages(messages: Any) -> None:
+    """A conversation must be a list of {"role": text, "content": text}; say what is not."""
+    if not isinstance(messages, list):
+        raise ValueError(
+            f"a conversation must be a list of messages, got {type(messages).__name__}"
+        )
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise ValueError(f"message {i} must be an object, got {type(m).__name__}")
+        for key in ("role", "content"):
+            if not isinstance(m.get(key), str):
+                raise ValueError(f"message {i} needs text '{key}', got {m.get(key)!r:.40}")
+
+
 def render_chat(
     tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False
 ) -> str:
     """A conversation as text, with the tokenizer's chat template or the plain fallback."""
+    check_messages(messages)
     template = getattr(tokenizer, "chat_template", None) or PLAIN_CHAT_TEMPLATE
     return tokenizer.apply_chat_template(
         messages,
@@ -32,6 +47,7 @@ def split_conversation(messages: list[dict[str, str]], tokenizer: Any) -> tuple[
     markers, so the loss mask is right for any template; a template under which the prompt is not a
     prefix of the whole conversation is refused.
     """
+    check_messages(messages)
     if not messages or messages[-1].get("role") != "assistant":
         raise ValueError("conversation has no final assistant turn to learn from")
     prompt = render_chat(tokenizer, messages[:-1], add_generation_prompt=True)

@@ -1,14 +1,18 @@
-"""What every stage shares: model and tokenizer loading, optimiser and schedule, export."""
+"""What every stage shares: model and tokenizer loading, optimiser and schedule, export, the
+non-finite check, and what a resumed run needs before its checkpoint is read."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 
+from lightning_rlhf.io import check_writable
 from lightning_rlhf.models import ModelOptions, export_hf, load_tokenizer
 from lightning_rlhf.optim import ScheduleOptions, build_scheduler
 
@@ -18,8 +22,28 @@ def adamw(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=2e-3, weight_decay=0.0)
 
 
+def _config_types(value: Any) -> set[type]:
+    """The dataclass types inside a (nested) hyperparameter value."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        found = {type(value)}
+        for f in dataclasses.fields(value):
+            found |= _config_types(getattr(value, f.name))
+        return found
+    if isinstance(value, dict):
+        return set().union(*map(_config_types, value.values())) if value else set()
+    if isinstance(value, (list, tuple)):
+        return set().union(*map(_config_types, value)) if value else set()
+    return set()
+
+
 class StageModule(LightningModule):
-    """Base of the stage modules. Subclasses implement ``load_model`` and the steps."""
+    """Base of the stage modules. Subclasses implement ``load_model`` and the steps.
+
+    ``nan_policy`` ("raise" or "skip") is what ``check_finite`` does with a non-finite value;
+    a stage that offers the choice sets it from its own argument.
+    """
+
+    nan_policy: str = "raise"
 
     def __init__(
         self,
@@ -38,6 +62,53 @@ class StageModule(LightningModule):
 
     def load_model(self) -> torch.nn.Module:
         raise NotImplementedError
+
+    def setup(self, stage: str) -> None:
+        """Before a checkpoint is read: allow this module's own option dataclasses in it.
+
+        Checkpoints load with ``weights_only=True`` (nothing in them can run code); the options
+        saved as hyperparameters are plain dataclasses of this package, allowed by name. Also
+        fails early, before any step, when a checkpoint directory cannot be written.
+        """
+        torch.serialization.add_safe_globals(sorted(_config_types(dict(self.hparams)), key=str))
+        if stage == "fit" and self.trainer.is_global_zero:
+            for callback in self.trainer.checkpoint_callbacks:
+                if getattr(callback, "dirpath", None):
+                    check_writable(callback.dirpath, "checkpoint directory")
+
+    def check_finite(self, name: str, value: torch.Tensor) -> bool:
+        """True when ``value`` is all finite; otherwise raise (``nan_policy: raise``) or warn and
+        return False (``"skip"``), naming the quantity and the step."""
+        if torch.isfinite(value).all():
+            return True
+        bad = int((~torch.isfinite(value)).sum())
+        message = f"non-finite {name} ({bad} of {value.numel()} values) at step {self.global_step}"
+        if self.nan_policy == "raise":
+            raise FloatingPointError(f"{message}; the last checkpoint is the last good state")
+        rank_zero_warn(f"{message}; step skipped")
+        return False
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # a finite loss can still give an infinite gradient; clipping would turn it into NaN
+        # weights. Under a GradScaler (fp16) infinite gradients are expected: it skips the step.
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+        norms = [torch.linalg.vector_norm(g) for g in grads if g is not None]
+        if norms and not torch.isfinite(torch.stack(norms).sum()):
+            raise FloatingPointError(
+                f"non-finite gradient at step {self.global_step}: the optimizer step was not "
+                "taken; the last checkpoint is the last good state"
+            )
+
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        # the last line of defence, whatever the policy: a non-finite loss must never reach the
+        # weights (a checkpoint written after it would hold NaN)
+        if not torch.isfinite(loss).all():
+            raise FloatingPointError(
+                f"non-finite loss at step {self.global_step}: not back-propagated; the last "
+                "checkpoint is the last good state"
+            )
 
     def configure_model(self) -> None:
         # called by the Trainer before optimisers and checkpoint restore; loads once

@@ -1,13 +1,15 @@
-"""PPOModule: maximise E[r(x, y)] − β·KL(π‖πref) over responses the policy samples.
+"""PPOModule, the RL stage: maximise E[r(x, y)] − β·KL(π‖πref) over responses the policy samples.
 
-One training step is one PPO iteration, under manual optimisation:
+One training step is one iteration, under manual optimisation:
 
     prompts ─ rollout (sample, no grad) ─ score (reward, π_old, π_ref, V_old: one forward each)
-            ─ per-token rewards (score − β·KL) ─ GAE ─ ppo_epochs × minibatches of manual_backward
+            ─ per-token rewards (score − β·KL) ─ advantages ─ ppo_epochs × minibatches of
+              manual_backward on the clipped surrogate (+ value loss) (+ β·KL when it is a loss)
 
-The maths (KL estimators, GAE, whitening, clipped losses) live in ``advantages.py`` and
-``losses.py``; this module orchestrates. ``trainer.max_steps`` counts optimizer steps:
-iterations × ppo_epochs × num_minibatches.
+The advantage estimator is a component: ``GAE`` with a critic (PPO), ``GroupRelative`` (GRPO) or
+``LeaveOneOut`` (RLOO), both critic-free. The maths (KL estimators, GAE, group baselines,
+whitening, clipped losses) live in ``advantages.py`` and ``losses.py``; this module orchestrates.
+``trainer.max_steps`` counts optimizer steps: iterations × ppo_epochs × num_minibatches.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from lightning_rlhf.advantages import (
+    GAE,
     KL_ESTIMATORS,
     AdaptiveKLController,
+    AdvantageEstimator,
     FixedKLController,
-    gae,
     masked_mean,
     masked_var,
     masked_whiten,
@@ -55,7 +58,7 @@ def ppo_adamw(params) -> torch.optim.Optimizer:
 
 @dataclass
 class PPOOptions:
-    """The PPO update.
+    """The policy update (the same for every advantage estimator).
 
     Attributes:
         ppo_epochs: passes over each rollout.
@@ -64,12 +67,11 @@ class PPOOptions:
             accumulation); None takes the whole minibatch at once.
         clip_range: ε of the clipped surrogate, ratio kept in [1−ε, 1+ε].
         clip_range_value: values kept within this distance of the rollout's; None: no clipping.
-        vf_coef: weight of the value loss in the total loss.
-        gamma: discount of GAE.
-        lam: λ of GAE.
+        vf_coef: weight of the value loss in the total loss (estimators with a critic).
         whiten_advantages: normalise advantages to mean 0, std 1 over each rollout.
         max_grad_norm: clip the gradient norm to this; None: no clipping.
-        samples_per_prompt: responses sampled per prompt in each rollout.
+        samples_per_prompt: responses sampled per prompt in each rollout (the group size of
+            ``GroupRelative`` and ``LeaveOneOut``).
     """
 
     ppo_epochs: int = 4
@@ -78,8 +80,6 @@ class PPOOptions:
     clip_range: float = 0.2
     clip_range_value: float | None = 0.2
     vf_coef: float = 0.1
-    gamma: float = 1.0
-    lam: float = 0.95
     whiten_advantages: bool = True
     max_grad_norm: float | None = 1.0
     samples_per_prompt: int = 1
@@ -93,10 +93,6 @@ class PPOOptions:
         if self.clip_range_value is not None and self.clip_range_value <= 0:
             raise ValueError(
                 f"ppo.clip_range_value must be > 0 or null, got {self.clip_range_value}"
-            )
-        if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
-            raise ValueError(
-                f"ppo.gamma and ppo.lam must be in [0, 1], got {self.gamma}, {self.lam}"
             )
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
             raise ValueError(
@@ -119,7 +115,7 @@ class RewardShaping:
 
 
 class PPOModule(PolicyModule):
-    """RL fine-tuning with PPO and a per-token KL penalty to the reference policy.
+    """RL fine-tuning with a KL penalty to the reference policy: PPO, GRPO or RLOO by ``advantage``.
 
     Args:
         model_name_or_path: the initial policy (the SFT export, or any causal LM).
@@ -128,15 +124,21 @@ class PPOModule(PolicyModule):
         reward: the reward of a (prompt, response): a ``RewardModel`` directory, the bundled
             ``TaskOracle``, a ``WeightedSum``, or any ``RewardFunction``.
         critic_name_or_path: the value model's initialisation (the reward model export by
-            default); None puts a value head on the policy's trunk instead.
+            default); None puts a value head on the policy's trunk instead. Only estimators that
+            need a critic (``GAE``) load one.
         model: loading options of the policy (dtype, attention, checkpointing, LoRA, remote code).
         optimizer: optimiser factory, given the policy's and the critic's parameters.
         schedule: learning-rate warm-up and decay over optimizer steps.
         sampling: how rollouts are sampled (temperature, top-k, top-p, max_new_tokens).
-        ppo: the PPO update (epochs, minibatches, clipping, GAE, value coefficient).
+        ppo: the policy update (epochs, minibatches, clipping, value coefficient, group size).
+        advantage: the advantage estimator: ``GAE`` (PPO, with a critic), ``GroupRelative``
+            (GRPO) or ``LeaveOneOut`` (RLOO); the last two need ``samples_per_prompt`` ≥ 2.
         kl_controller: β of the KL penalty: fixed, or adapted toward a target KL.
-        kl_estimator: the per-token KL estimator in the reward: "k1" (log-ratio) or "k3"
-            ((r−1) − log r, never negative); all of k1, k2, k3 are logged.
+        kl_estimator: the per-token KL estimator: "k1" (log-ratio), "k2" (½ log-ratio²) or "k3"
+            ((r−1) − log r, never negative); all three are logged.
+        kl_penalty: where β·KL goes: "reward" (subtracted from the per-token rewards before the
+            advantages) or "loss" (a term β·mean KL of the current policy added to the loss, as
+            in GRPO; use it with "k3").
         shaping: clipping and missing-EOS penalty applied to the scores.
         oracle: scores rollouts and greedy answers to held-out prompts (the bundled
             ``TaskOracle``); None skips the oracle metrics.
@@ -158,8 +160,10 @@ class PPOModule(PolicyModule):
         schedule: ScheduleOptions = ScheduleOptions(warmup_steps=10, decay="constant"),
         sampling: SamplingOptions = SamplingOptions(),
         ppo: PPOOptions = PPOOptions(),
+        advantage: AdvantageEstimator = GAE(),
         kl_controller: FixedKLController | AdaptiveKLController = FixedKLController(0.05),
-        kl_estimator: Literal["k1", "k3"] = "k1",
+        kl_estimator: Literal["k1", "k2", "k3"] = "k1",
+        kl_penalty: Literal["reward", "loss"] = "reward",
         shaping: RewardShaping = RewardShaping(),
         oracle: RewardFunction | None = None,
         eval_sampling: SamplingOptions = SamplingOptions(max_new_tokens=8, temperature=0.0),
@@ -176,15 +180,24 @@ class PPOModule(PolicyModule):
             eval_sampling,
             num_logged_samples,
         )
-        self.save_hyperparameters(ignore=["optimizer", "oracle", "reward", "kl_controller"])
+        self.save_hyperparameters(
+            ignore=["optimizer", "oracle", "reward", "kl_controller", "advantage"]
+        )
+        if ppo.samples_per_prompt < advantage.min_group_size:
+            raise ValueError(
+                f"{type(advantage).__name__} needs ppo.samples_per_prompt >= "
+                f"{advantage.min_group_size} (responses per prompt), got {ppo.samples_per_prompt}"
+            )
         self.automatic_optimization = False
         self.ref_model_name_or_path = ref_model_name_or_path
         self.reward = reward if reward is not None else RewardModel("artifacts/rm")
         self.critic_name_or_path = critic_name_or_path
         self.sampling = sampling
         self.ppo = ppo
+        self.advantage = advantage
         self.kl_controller = kl_controller
         self.kl_estimator = kl_estimator
+        self.kl_penalty = kl_penalty
         self.shaping = shaping
         self.log_samples_every_n_steps = log_samples_every_n_steps
         self.nan_policy = nan_policy
@@ -205,6 +218,8 @@ class PPOModule(PolicyModule):
             options = replace(self.model_options, lora=None, gradient_checkpointing=False)
             ref = load_causal_lm(self.ref_model_name_or_path or self.model_name_or_path, options)
             self._ref = [ref.eval().requires_grad_(False)]
+        if not self.advantage.needs_critic:
+            return
         if self.critic_name_or_path is not None:
             options = replace(self.model_options, extra={})  # extra kwargs are the causal LM's
             self.critic = load_scalar_model(
@@ -266,10 +281,12 @@ class PPOModule(PolicyModule):
         with self.model.disable_adapter():  # LoRA: πref is the base model
             return self._policy_outputs(self.model, r, idx)[0]
 
-    def _values(self, r, idx, states: Tensor | None) -> Tensor:
-        """(b, R) value of the state before each response token."""
-        if self.critic is None:
+    def _values(self, r, idx, states: Tensor | None) -> Tensor | None:
+        """(b, R) value of the state before each response token; None without a critic."""
+        if self.value_head is not None:
             return self.value_head(states).squeeze(-1).float()
+        if self.critic is None:
+            return None
         ids, mask, positions = self._sequence(r, idx)
         resp_len = r.response_ids.shape[1]
         return token_scalars(self.critic, ids, mask, positions)[:, -resp_len - 1 : -1]
@@ -309,19 +326,20 @@ class PPOModule(PolicyModule):
         was_training = self.model.training
         self.model.eval()  # no dropout in π_old: the ratio starts at exactly 1
         logits, states = self._policy_outputs(
-            self.model, partial, slice(None), hidden=self.critic is None
+            self.model, partial, slice(None), hidden=self.value_head is not None
         )
         logprobs = token_logprobs(logits, response_ids)
         ref_logprobs = token_logprobs(self._ref_logits(partial, slice(None)), response_ids)
         values = self._values(partial, slice(None), states)
         self.model.train(was_training)
         mask = response_mask.float()
-        logprobs, ref_logprobs, values = logprobs * mask, ref_logprobs * mask, values * mask
-        beta = self.kl_controller.beta
+        values = torch.zeros_like(mask) if values is None else values * mask
+        logprobs, ref_logprobs = logprobs * mask, ref_logprobs * mask
+        beta = self.kl_controller.beta if self.kl_penalty == "reward" else 0.0
         rewards, kl = penalized_rewards(
             scores, logprobs, ref_logprobs, mask, beta, self.kl_estimator
         )
-        advantages, returns = gae(rewards, values, mask, self.ppo.gamma, self.ppo.lam)
+        advantages, returns = self.advantage(rewards, values, mask, self.ppo.samples_per_prompt)
         if self.ppo.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
         t2 = time.perf_counter()
@@ -333,6 +351,7 @@ class PPOModule(PolicyModule):
             "texts": texts,
             "prompts": prompts,
             "raw_scores": raw,
+            "reward_stats": self.reward.stats(),
             "kl": kl,
             "time/generation": t1 - t0,
             "time/scoring": t2 - t1,
@@ -342,22 +361,28 @@ class PPOModule(PolicyModule):
     # ----------------------------------------------------------------------------- update
     def _loss(self, r: Rollout, idx: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         mask = r.response_mask[idx].float()
-        logits, states = self._policy_outputs(self.model, r, idx, hidden=self.critic is None)
+        logits, states = self._policy_outputs(
+            self.model, r, idx, hidden=self.value_head is not None
+        )
         logprobs = token_logprobs(logits, r.response_ids[idx])
         pg_loss, stats = ppo_policy_loss(
             logprobs, r.logprobs[idx], r.advantages[idx], mask, self.ppo.clip_range
         )
+        loss = pg_loss
+        if self.kl_penalty == "loss":
+            kl = masked_mean(KL_ESTIMATORS[self.kl_estimator](logprobs, r.ref_logprobs[idx]), mask)
+            loss = loss + self.kl_controller.beta * kl
+            stats["kl_loss"] = kl.detach()
         values = self._values(r, idx, states)
-        vf_loss, vstats = value_loss(
-            values, r.values[idx], r.returns[idx], mask, self.ppo.clip_range_value
-        )
+        if values is not None:
+            vf_loss, vstats = value_loss(
+                values, r.values[idx], r.returns[idx], mask, self.ppo.clip_range_value
+            )
+            loss = loss + self.ppo.vf_coef * vf_loss
+            stats.update(vstats)
         with torch.no_grad():
             stats["entropy"] = masked_mean(entropy_from_logits(logits), mask)
-        return pg_loss + self.ppo.vf_coef * vf_loss, {
-            **stats,
-            **vstats,
-            "loss": (pg_loss + vf_loss).detach(),
-        }
+        return loss, {**stats, "loss": loss.detach()}
 
     def _check_finite(self, name: str, value: Tensor) -> bool:
         if torch.isfinite(value).all():
@@ -434,8 +459,6 @@ class PPOModule(PolicyModule):
             for name, fn in KL_ESTIMATORS.items()
         }
         eos = (r.response_ids == self.tokenizer.eos_token_id).any(dim=1).float()
-        returns_var = masked_var(r.returns, mask)
-        explained = 1 - masked_var(r.returns - r.values, mask) / returns_var.clamp(min=1e-8)
         metrics = {
             "train/reward": info["raw_scores"].mean(),
             "train/reward_shaped": r.scores.mean(),
@@ -445,14 +468,20 @@ class PPOModule(PolicyModule):
             "train/beta": torch.tensor(self.kl_controller.beta),
             "train/response_length": mask.sum(1).mean(),
             "train/eos_rate": eos.mean(),
-            "train/explained_variance": explained,
             **{f"train/{k}": torch.tensor(v) for k, v in stats.items()},
             **{
                 k: torch.tensor(info[k]) for k in ("time/generation", "time/scoring", "time/update")
             },
         }
+        if self.advantage.needs_critic:
+            returns_var = masked_var(r.returns, mask)
+            explained = 1 - masked_var(r.returns - r.values, mask) / returns_var.clamp(min=1e-8)
+            metrics["train/explained_variance"] = explained
         if self.oracle is not None:
             metrics["train/oracle_score"] = self.oracle(info["prompts"], info["texts"]).mean()
+        metrics.update(
+            {f"train/reward/{k}": torch.tensor(v) for k, v in info["reward_stats"].items()}
+        )
         self.log_dict(metrics, sync_dist=True, prog_bar=False)
         self.last_metrics = {k: float(v) for k, v in metrics.items() if k.startswith("train/")}
         self.log("reward", metrics["train/reward"], prog_bar=True, logger=False)
@@ -490,9 +519,10 @@ class PPOModule(PolicyModule):
 
     # ----------------------------------------------------------------------------- state
     def configure_optimizers(self):
-        groups = [p for p in self.model.parameters() if p.requires_grad]
-        critic = self.critic if self.critic is not None else self.value_head
-        params = groups + [p for p in critic.parameters() if p.requires_grad]
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for critic in (self.critic, self.value_head):  # at most one; none without a critic
+            if critic is not None:
+                params += [p for p in critic.parameters() if p.requires_grad]
         return super()._optimizers_for(params)
 
     def export_extras(self) -> dict[str, dict]:

@@ -4,27 +4,41 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from collections.abc import Iterable
 from pathlib import Path
+
+from tqdm import tqdm
 
 from lightning_rlhf.io import atomic_dir
 from lightning_rlhf.tasks.suite import corrupt, demonstrate, sample_problems
 
 # rows per split; the val split is drawn from problems disjoint from train
 SIZES = {"train": {"sft": 20000, "pref": 10000, "prompts": 4000}, "val": 500}
+KINDS = ("sft", "pref", "prompts")
 
 
-def _write_jsonl(path: Path, rows: Iterable[dict]) -> int:
+def _size(split: str, kind: str, scale: float) -> int:
+    """Rows of one file: ``scale`` times the train size (at least 1), or the fixed val size."""
+    return SIZES["val"] if split == "val" else max(1, int(SIZES["train"][kind] * scale))
+
+
+def _write_jsonl(path: Path, rows: Iterable[dict], bar: tqdm) -> int:
     n = 0
     with path.open("w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
             n += 1
+            bar.update()
     return n
 
 
 def write_task_data(
-    out_dir: str | Path, seed: int = 1234, scale: float = 1.0, demo_noise: float = 0.5
+    out_dir: str | Path,
+    seed: int = 1234,
+    scale: float = 1.0,
+    demo_noise: float = 0.5,
+    progress: bool = True,
 ) -> dict[str, int]:
     """Write ``{sft,pref,prompts}_{train,val}.jsonl`` under ``out_dir``; return rows per file.
 
@@ -33,12 +47,23 @@ def write_task_data(
     prompts: {"task", "prompt", "answer"}       for RL; the oracle needs only the prompt
 
     The same seed writes the same bytes. ``scale`` multiplies the train sizes (tests use less).
+    A progress bar with the rate in rows/s goes to stderr unless ``progress`` is False.
     """
     counts: dict[str, int] = {}
+    sizes = {
+        (split, kind): _size(split, kind, scale) for split in ("train", "val") for kind in KINDS
+    }
+    bar = tqdm(
+        total=sum(sizes.values()),
+        desc=f"writing {out_dir}",
+        unit="row",
+        file=sys.stderr,
+        disable=not progress,
+    )
     with atomic_dir(out_dir) as tmp:
         for split, held_out in (("train", False), ("val", True)):
-            for offset, kind in enumerate(("sft", "pref", "prompts")):
-                n = SIZES["val"] if held_out else max(1, int(SIZES["train"][kind] * scale))
+            for offset, kind in enumerate(KINDS):
+                n = sizes[split, kind]
                 problems = sample_problems(n, seed=seed * 10 + offset, held_out=held_out)
                 rng = random.Random(seed * 100 + offset)
                 if kind == "sft":
@@ -65,5 +90,6 @@ def write_task_data(
                         {"task": p.task, "prompt": p.prompt, "answer": p.answer} for p in problems
                     )
                 name = f"{kind}_{split}.jsonl"
-                counts[name] = _write_jsonl(Path(tmp) / name, rows)
+                counts[name] = _write_jsonl(Path(tmp) / name, rows, bar)
+    bar.close()
     return counts

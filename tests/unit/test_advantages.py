@@ -8,9 +8,12 @@ import pytest
 import torch
 
 from lightning_rlhf.advantages import (
+    GAE,
     KL_ESTIMATORS,
     AdaptiveKLController,
     FixedKLController,
+    GroupRelative,
+    LeaveOneOut,
     gae,
     group_advantages,
     kl_k1,
@@ -244,6 +247,46 @@ def test_leave_one_out_advantages() -> None:
     scores = torch.tensor([1.0, 2.0, 3.0, 0.0, 0.0, 6.0])
     close(leave_one_out_advantages(scores, 3), [1 - 2.5, 2 - 2.0, 3 - 1.5, -3.0, -3.0, 6.0])
     close(leave_one_out_advantages(torch.tensor([4.0, 1.0]), 2), [3.0, -3.0])
+
+
+# per-token rewards as penalized_rewards writes them: the score at the last valid token
+EST_REWARDS = torch.tensor([[0.0, -0.1, 1.0], [0.3, 0.0, 9.0], [2.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
+EST_MASK = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 1], [1, 1, 1]])
+# returns (masked sums): 0.9, 0.3 | 2.0, 2.0  -> groups of 2
+
+
+def test_group_relative_estimator_broadcasts_the_group_advantage() -> None:
+    adv, returns = GroupRelative()(EST_REWARDS, torch.zeros(4, 3), EST_MASK, 2)
+    a = 0.3 / (0.3 + 1e-6)  # (0.9 - 0.6) / population std 0.3
+    close(adv, [[a, a, a], [-a, -a, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    close(returns, [[0.9] * 3, [0.3, 0.3, 0.0], [2.0] * 3, [2.0] * 3])
+    adv, _ = GroupRelative(scale_by_std=False)(EST_REWARDS, torch.zeros(4, 3), EST_MASK, 2)
+    close(adv, [[0.3] * 3, [-0.3, -0.3, 0.0], [0.0] * 3, [0.0] * 3])
+    assert not GroupRelative.needs_critic and GroupRelative.min_group_size == 2
+
+
+def test_leave_one_out_estimator() -> None:
+    adv, _ = LeaveOneOut()(EST_REWARDS, torch.zeros(4, 3), EST_MASK, 2)
+    close(adv, [[0.6] * 3, [-0.6, -0.6, 0.0], [0.0] * 3, [0.0] * 3])  # 0.9 - 0.3, 0.3 - 0.9
+
+
+def test_gae_estimator_is_gae_with_its_options() -> None:
+    values = torch.tensor([[0.5, 0.2, 0.1], [0.4, 0.3, 0.0], [0.0] * 3, [1.0] * 3])
+    adv, ret = GAE(gamma=0.9, lam=0.8)(EST_REWARDS, values, EST_MASK, 2)
+    exp_adv, exp_ret = gae(EST_REWARDS, values, EST_MASK, 0.9, 0.8)
+    torch.testing.assert_close(adv, exp_adv)
+    torch.testing.assert_close(ret, exp_ret)
+    # last row by hand, gamma 0.9, lam 0.8: deltas 1 + 0.9 - 1, 1 + 0.9 - 1, 0 - 1
+    d = [0.9, 0.9, -1.0]
+    a2 = d[2]
+    a1 = d[1] + 0.72 * a2
+    a0 = d[0] + 0.72 * a1
+    close(adv[3], [a0, a1, a2])
+    assert GAE.needs_critic
+    with pytest.raises(ValueError, match="gamma and lam must be in"):
+        GAE(gamma=1.5)
+    with pytest.raises(ValueError, match="gamma and lam must be in"):
+        GAE(lam=-0.1)
 
 
 def test_group_errors() -> None:

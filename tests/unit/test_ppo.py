@@ -13,9 +13,10 @@ import pytest
 import torch
 from lightning.pytorch.loggers.logger import Logger
 
-from lightning_rlhf.advantages import FixedKLController
+from lightning_rlhf.advantages import FixedKLController, GroupRelative, LeaveOneOut, kl_k3
 from lightning_rlhf.data.collate import pad
 from lightning_rlhf.data.prompts import PromptDataModule
+from lightning_rlhf.losses import token_logprobs
 from lightning_rlhf.models import (
     LoraOptions,
     ModelOptions,
@@ -28,6 +29,7 @@ from lightning_rlhf.models import (
 from lightning_rlhf.modules.ppo import PPOModule, PPOOptions, RewardShaping
 from lightning_rlhf.optim import ScheduleOptions
 from lightning_rlhf.rewards import (
+    RewardEnsemble,
     RewardFunction,
     RewardModel,
     TaskOracle,
@@ -205,6 +207,27 @@ def test_weighted_sum_needs_one_weight_per_reward(weights):
         WeightedSum([], [])
 
 
+def test_reward_ensemble_penalises_disagreement():
+    a, b = _Const([1.0, 3.0]), _Const([3.0, 3.0])
+    p, r = ["p", "q"], ["r", "s"]
+    ensemble = RewardEnsemble([a, b], disagreement_coef=0.5)
+    # mean (2, 3), population std (1, 0): 2 - 0.5 * 1, 3 - 0
+    assert ensemble(p, r).tolist() == pytest.approx([1.5, 3.0])
+    assert ensemble.stats() == pytest.approx(
+        {"disagreement": 0.5, "member_0": 2.0, "member_1": 3.0}
+    )
+    # weights 3:1 -> w = (0.75, 0.25): mean 1.5, std sqrt(0.75 * 0.25 + 0.25 * 1.5**2)
+    weighted = RewardEnsemble([a, b], weights=[3.0, 1.0], disagreement_coef=1.0)
+    assert weighted(p, r).tolist() == pytest.approx([1.5 - math.sqrt(0.75), 3.0])
+    assert RewardEnsemble([a, b])(p, r).tolist() == pytest.approx([2.0, 3.0])  # plain mean
+    with pytest.raises(ValueError, match="disagreement_coef must be >= 0"):
+        RewardEnsemble([a, b], disagreement_coef=-1.0)
+    with pytest.raises(ValueError, match="weights must be >= 0"):
+        RewardEnsemble([a, b], weights=[1.0, -1.0])
+    with pytest.raises(ValueError, match=r"reward _Const returned shape \(3,\)"):
+        RewardEnsemble([a, _Const([1.0, 2.0, 3.0])])(p, r)  # the faulty member is named
+
+
 def test_check_scores_names_the_reward():
     source = _Const([0.0])
     assert check_scores([1, 2], 2, source).dtype == torch.float32
@@ -253,8 +276,6 @@ def test_reward_model_scores_the_prompt_and_response_with_eos_and_ignore_padding
         ({"ppo_epochs": 0}, "ppo.ppo_epochs"),
         ({"num_minibatches": 0}, "ppo.num_minibatches"),
         ({"samples_per_prompt": 0}, "ppo.samples_per_prompt"),
-        ({"gamma": 1.5}, "ppo.gamma"),
-        ({"lam": -0.1}, "ppo.lam"),
         ({"micro_batch_size": 0}, "ppo.micro_batch_size"),
     ],
 )
@@ -362,6 +383,68 @@ def test_kl_starts_at_zero_and_k3_is_never_negative(learning_run):
     for key in ("train/policy_loss", "train/value_loss", "train/entropy", "train/clipfrac"):
         values = logger.series(key)
         assert len(values) == ITERATIONS and all(math.isfinite(v) for v in values), key
+
+
+@pytest.mark.parametrize(
+    "estimator, kl_penalty", [(GroupRelative(), "loss"), (LeaveOneOut(), "reward")]
+)
+def test_critic_free_estimators_raise_the_reward(
+    tiny_model_dir, task_dir, tmp_path, estimator, kl_penalty
+):
+    """GRPO (KL as a loss term) and RLOO (KL in the reward): same module, no critic, learning."""
+    L.seed_everything(0)
+    reward = AsciiFraction()
+    ppo = PPOOptions(ppo_epochs=2, num_minibatches=2, samples_per_prompt=4)
+    module = ppo_module(
+        tiny_model_dir, reward, lr=1e-2, ppo=ppo, advantage=estimator, kl_penalty=kl_penalty,
+        kl_estimator="k3", critic_name_or_path="no/critic/is/read",
+    )  # fmt: skip
+    module.configure_model()
+    assert module.critic is None and module.value_head is None
+    logger = MemoryLogger(tmp_path)
+    t = trainer(tmp_path, ITERATIONS, ppo=ppo, logger=logger)
+    t.fit(module, prompt_data(task_dir, tiny_model_dir, batch_size=8))  # 8 prompts x 4 samples
+    assert len(reward.calls) == ITERATIONS and len(reward.calls[0]) == 32
+    first, last = torch.cat(reward.calls[:WINDOW]), torch.cat(reward.calls[-WINDOW:])
+    se = math.sqrt(first.var() / len(first) + last.var() / len(last))
+    assert last.mean() - first.mean() > 5 * se, (first.mean(), last.mean(), se)
+    assert logger.series("train/value_loss") == [] and not logger.series("train/explained_variance")
+    assert len(logger.series("train/kl_loss")) == (ITERATIONS if kl_penalty == "loss" else 0)
+
+
+def test_kl_as_a_loss_term_adds_beta_times_the_policy_kl(tiny_model_dir, task_dir):
+    module = ppo_module(
+        tiny_model_dir, AsciiFraction(), ppo=PPOOptions(samples_per_prompt=2),
+        advantage=GroupRelative(), kl_penalty="loss", kl_estimator="k3",
+        kl_controller=FixedKLController(0.5),
+    )  # fmt: skip
+    module.configure_model()
+    data = prompt_data(task_dir, tiny_model_dir, batch_size=4)
+    data.setup("fit")
+    torch.manual_seed(0)
+    rollout, _ = module.make_rollout(next(iter(data.train_dataloader())))
+    # the KL is not in the rewards: each row's rewards sum to its score
+    torch.testing.assert_close(rollout.rewards.sum(1), rollout.scores)
+    with torch.no_grad():  # move the policy away from the reference
+        for p in module.model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    idx = torch.arange(rollout.response_ids.shape[0])
+    loss, stats = module._loss(rollout, idx)
+    module.kl_controller.beta = 0.0
+    loss_no_kl, _ = module._loss(rollout, idx)
+    with torch.no_grad():
+        logits, _ = module._policy_outputs(module.model, rollout, idx)
+        new = token_logprobs(logits, rollout.response_ids)
+        mask = rollout.response_mask.float()
+        kl = (kl_k3(new, rollout.ref_logprobs) * mask).sum() / mask.sum()
+    assert kl > 1e-3
+    torch.testing.assert_close(stats["kl_loss"], kl)
+    torch.testing.assert_close(loss - loss_no_kl, 0.5 * kl, atol=1e-6, rtol=1e-5)
+
+
+def test_group_estimators_need_groups(tiny_model_dir):
+    with pytest.raises(ValueError, match=r"LeaveOneOut needs ppo.samples_per_prompt >= 2"):
+        ppo_module(tiny_model_dir, _Const([0.0]), advantage=LeaveOneOut())
 
 
 def test_critic_from_a_scalar_model_trains_and_context_fits_exactly(
