@@ -17,7 +17,14 @@ STAGES = [
     ("sft", "configs/sft.yaml", "artifacts/sft"),
     ("reward", "configs/reward.yaml", None),
     ("ppo", "configs/ppo.yaml", "artifacts/ppo"),
+    # the other methods, each from the SFT export on the same data (the README's method table:
+    # python -m lightning_rlhf demo --stages sft,reward,ppo,grpo,rloo,dpo,grpo_verifiable)
+    ("grpo", "configs/grpo.yaml", "artifacts/grpo"),
+    ("rloo", "configs/rloo.yaml", "artifacts/rloo"),
+    ("dpo", "configs/dpo.yaml", "artifacts/dpo"),
+    ("grpo_verifiable", "configs/grpo_verifiable.yaml", "artifacts/grpo_verifiable"),
 ]
+DEFAULT_STAGES = "sft,reward,ppo"
 
 
 def _run(cmd: list[str]) -> None:
@@ -29,15 +36,22 @@ def main(argv: list[str] | None = None) -> dict:
     from lightning_rlhf.evaluate import evaluate_policy
 
     p = argparse.ArgumentParser(prog="lightning_rlhf demo", description=__doc__)
-    p.add_argument("--stages", default=",".join(s[0] for s in STAGES), help="comma-separated")
+    p.add_argument(
+        "--stages",
+        default=DEFAULT_STAGES,
+        help=f"comma-separated, among {','.join(s[0] for s in STAGES)} (run in that order)",
+    )
     p.add_argument("--out", default="runs/demo", help="where the summary is written")
     a = p.parse_args(argv)
+    wanted = a.stages.split(",")
+    unknown = set(wanted) - {s[0] for s in STAGES}
+    if unknown:
+        p.error(f"--stages: unknown {sorted(unknown)}; choose among {[s[0] for s in STAGES]}")
     py = sys.executable
     if not Path("artifacts/tiny-base").is_dir():
         _run([py, "-m", "lightning_rlhf", "init-model", "artifacts/tiny-base"])
     if not Path("artifacts/task/prompts_val.jsonl").exists():
         _run([py, "-m", "lightning_rlhf", "make-data", "artifacts/task"])
-    wanted = a.stages.split(",")
     scores = {"base": evaluate_policy("artifacts/tiny-base", "artifacts/task/prompts_val.jsonl")}
     times: dict[str, float] = {}
     for stage, config, policy in STAGES:
@@ -60,17 +74,17 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print("\nstage    oracle score on held-out prompts (greedy)    wall time")
+    print("\nstage           oracle score on held-out prompts (greedy)    wall time")
     for stage in ["base", *times]:
         secs = f"{times[stage]:.0f} s" if stage in times else "-"
         if stage in scores:
             s = scores[stage]
             per_task = ", ".join(f"{k} {v:.2f}" for k, v in s.items() if k != "all")
-            print(f"{stage:<8} {s['all']:.3f} ({per_task})    {secs}")
+            print(f"{stage:<15} {s['all']:.3f} ({per_task})    {secs}")
         else:
             acc = summary.get("reward_accuracy") or float("nan")
             print(
-                f"{stage:<8} reward model: pairwise accuracy {acc:.3f} on held-out pairs    {secs}"
+                f"{stage:<15} reward model: pairwise accuracy {acc:.3f} on held-out pairs    {secs}"
             )
     if "ppo_last_iteration" in summary:
         last = summary["ppo_last_iteration"]

@@ -18,6 +18,12 @@ CURVES = [
     ("ppo", "train/kl", "PPO: KL(π‖πref), nats per response"),
     ("ppo", "train/oracle_score", "PPO: oracle score of the rollouts"),
     ("ppo", "val/oracle_score", "PPO: oracle score, held-out prompts (greedy)"),
+    ("grpo", "train/reward", "GRPO: reward of the rollouts"),
+    ("grpo", "val/oracle_score", "GRPO: oracle score, held-out prompts (greedy)"),
+    ("rloo", "train/reward", "RLOO: reward of the rollouts"),
+    ("rloo", "val/oracle_score", "RLOO: oracle score, held-out prompts (greedy)"),
+    ("dpo", "val/policy_accuracy", "DPO: policy preference accuracy, held-out pairs"),
+    ("dpo", "val/oracle_score", "DPO: oracle score, held-out prompts (greedy)"),
 ]
 
 

@@ -69,7 +69,9 @@ class RewardModel(RewardFunction):
         self.name_or_path = name_or_path
         self.tokenizer = load_tokenizer(name_or_path, trust_remote_code)
         options = ModelOptions(dtype=dtype, trust_remote_code=trust_remote_code)
-        self.model = load_scalar_model(name_or_path, options, self.tokenizer.pad_token_id).eval()
+        self.model = load_scalar_model(
+            name_or_path, options, self.tokenizer.pad_token_id, trained_head=True
+        ).eval()
         self.model.requires_grad_(False)
         self.batch_size = batch_size
         self.mean, self.std = 0.0, 1.0

@@ -7,7 +7,6 @@ import os
 from collections import Counter
 from functools import partial
 
-import torch
 from torch.utils.data import DataLoader
 
 from lightning_rlhf.data.base import TextDataModule
@@ -170,25 +169,23 @@ class PreferenceDataModule(TextDataModule):
             raise ValueError(f"{source}: no usable pairs among {len(ds)} rows ({dict(skipped)})")
         return out
 
-    def _loader(self, data: list[dict], shuffle: bool) -> DataLoader:
-        hp = self.hparams
-        return DataLoader(
-            data,
-            batch_size=hp.batch_size,
-            shuffle=shuffle,
-            generator=torch.Generator().manual_seed(hp.seed) if shuffle else None,
-            num_workers=hp.num_workers,
-            collate_fn=partial(collate_preferences, pad_token_id=self.tokenizer.pad_token_id),
-        )
+    def _collate(self) -> partial:
+        return partial(collate_preferences, pad_token_id=self.tokenizer.pad_token_id)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return self.resumable_loader(self.train_set, self._collate())
 
     def val_dataloader(self) -> DataLoader | list:
         """The pairs; with ``num_eval_prompts``, a second loader of their prompts, left-padded."""
         if not self.val_set:
             return []
-        pairs = self._loader(self.val_set, shuffle=False)
+        hp = self.hparams
+        pairs = DataLoader(
+            self.val_set,
+            batch_size=hp.batch_size,
+            num_workers=hp.num_workers,
+            collate_fn=self._collate(),
+        )
         if not self.hparams.num_eval_prompts:
             return pairs
         prompts = DataLoader(

@@ -23,7 +23,6 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
@@ -39,7 +38,13 @@ from lightning_rlhf.advantages import (
     penalized_rewards,
 )
 from lightning_rlhf.losses import entropy_from_logits, ppo_policy_loss, token_logprobs, value_loss
-from lightning_rlhf.models import ModelOptions, load_causal_lm, load_scalar_model, token_scalars
+from lightning_rlhf.models import (
+    ModelOptions,
+    check_same_tokenizer,
+    load_causal_lm,
+    load_scalar_model,
+    token_scalars,
+)
 from lightning_rlhf.modules.policy import PolicyModule
 from lightning_rlhf.optim import ScheduleOptions
 from lightning_rlhf.rewards import RewardFunction, RewardModel, check_scores
@@ -213,6 +218,13 @@ class PPOModule(PolicyModule):
             return
         super().configure_model()
         lora = self.model_options.lora is not None
+        trust = self.model_options.trust_remote_code
+        for role, other in (
+            ("reference", self.ref_model_name_or_path),
+            ("critic", self._critic_path),
+        ):
+            if other is not None:  # both read the policy's token ids
+                check_same_tokenizer(self.model_name_or_path, other, role, trust)
         if self.ref_model_name_or_path is not None or not lora:
             # the policy's loading options, without LoRA or checkpointing: πref is never trained
             options = replace(self.model_options, lora=None, gradient_checkpointing=False)
@@ -220,16 +232,18 @@ class PPOModule(PolicyModule):
             self._ref = [ref.eval().requires_grad_(False)]
         if not self.advantage.needs_critic:
             return
-        if self.critic_name_or_path is not None:
+        if self._critic_path is not None:
             options = replace(self.model_options, extra={})  # extra kwargs are the causal LM's
-            self.critic = load_scalar_model(
-                self.critic_name_or_path, options, self.tokenizer.pad_token_id
-            )
+            self.critic = load_scalar_model(self._critic_path, options, self.tokenizer.pad_token_id)
             self.critic.train()
         else:
             self.value_head = nn.Linear(self.model.config.hidden_size, 1)
             nn.init.zeros_(self.value_head.weight)
             nn.init.zeros_(self.value_head.bias)
+
+    @property
+    def _critic_path(self) -> str | None:
+        return self.critic_name_or_path if self.advantage.needs_critic else None
 
     def _check_context(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -384,17 +398,6 @@ class PPOModule(PolicyModule):
             stats["entropy"] = masked_mean(entropy_from_logits(logits), mask)
         return loss, {**stats, "loss": loss.detach()}
 
-    def _check_finite(self, name: str, value: Tensor) -> bool:
-        if torch.isfinite(value).all():
-            return True
-        message = f"non-finite {name} at step {self.global_step} (iteration {self.iteration})"
-        if self.nan_policy == "raise":
-            raise FloatingPointError(
-                message + "; set model.nan_policy: skip to skip such iterations"
-            )
-        rank_zero_warn(message + "; iteration skipped")
-        return False
-
     def _minibatch_step(self, r: Rollout, minibatch: Tensor, totals: dict[str, float]) -> int:
         """One optimizer step on ``minibatch`` (rows of the rollout), accumulated over micro-batches.
 
@@ -405,7 +408,7 @@ class PPOModule(PolicyModule):
         done = 0
         for m in minibatch.split(self.ppo.micro_batch_size or len(minibatch)):
             loss, stats = self._loss(r, m)
-            if not self._check_finite("loss", loss):
+            if not self.check_finite("loss", loss):
                 opt.zero_grad()  # the step is skipped whole: no half-accumulated gradient
                 return done
             self.manual_backward(loss * len(m) / len(minibatch))
@@ -441,7 +444,7 @@ class PPOModule(PolicyModule):
     def training_step(self, batch: PromptBatch, batch_idx: int) -> None:
         rollout, info = self.make_rollout(batch)
         finite = all(
-            self._check_finite(name, t)
+            self.check_finite(name, t)
             for name, t in (("rewards", rollout.rewards), ("advantages", rollout.advantages))
         )
         if not finite:

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from lightning_rlhf.data import PreferenceDataModule
 from lightning_rlhf.data.preference import fit_pair, split_shared_prefix
@@ -139,7 +140,7 @@ def test_custom_column_names_and_margin(tmp_path, tiny_model_dir):
     columns = dict(prompt_column="question", chosen_column="good", rejected_column="bad")
     dm = setup_dm(path, tiny_model_dir, margin_column="gap", batch_size=3, **columns)
     assert [e["chosen_ids"] for e in dm.train_set][1] == b("2+2=4") + [EOS]
-    batch = next(iter(dm._loader(dm.train_set, shuffle=False)))
+    batch = next(iter(DataLoader(dm.train_set, dm.hparams.batch_size, collate_fn=dm._collate())))
     assert batch.margin.dtype == torch.float32
     assert batch.margin.tolist() == [0.5, 2.0, -1.25]
     assert batch.prompts == ["1+1=", "2+2=", "3+3="]

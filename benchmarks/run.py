@@ -1,0 +1,199 @@
+"""Benchmark lightning_rlhf against TRL, stage by stage, in one command.
+
+    .venv/bin/python benchmarks/run.py            # the full suite (about 15 min on 2 cores)
+    .venv/bin/python benchmarks/run.py --quick    # every case on the small model, a few steps
+
+Builds the models, tokenizers and data (``assets.py``, cached in ``benchmarks/.cache``), creates
+the peers' environments (``envs.py``, in ``benchmarks/.venvs``), measures the matmul peak, runs
+every side of every case alternately in separate processes (round 1: A B C, round 2: A B C, ...),
+and writes ``benchmarks/results/<machine>-<date>-<threads>t.json`` and ``benchmarks/results/latest.md``
+(``latest-partial.md`` for ``--quick`` or ``--cases`` runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import assets  # benchmarks/ is on sys.path: it holds this script
+import envs
+import report
+import suite
+
+HERE = Path(__file__).resolve().parent
+CACHE, VENVS, RESULTS = HERE / ".cache", HERE / ".venvs", HERE / "results"
+
+
+def machine() -> dict[str, Any]:
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if "model name" in ln), ""
+    )
+    flags = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in cpuinfo]
+    import torch
+
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    return {
+        "cpu": cpu or platform.processor(),
+        "cores": os.cpu_count(),
+        "flags": " ".join(flags) or "no AVX-512",
+        "memory_gb": mem,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "load_start": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+    }
+
+
+def worker_env(threads: int) -> dict[str, str]:
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HOME": str(CACHE / "hf"),
+        "WANDB_MODE": "disabled",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "PYTHONWARNINGS": "ignore",
+    }
+
+
+def run_worker(
+    python: Path, worker: str, config: dict, out_dir: Path, tag: str, threads: int
+) -> dict[str, Any]:
+    """Run one worker in its own process; its result, or {"error": ...} with the log's tail."""
+    cfg_path, out_path, log_path = (out_dir / f"{tag}.{ext}" for ext in ("cfg.json", "json", "log"))
+    cfg_path.write_text(json.dumps(config, indent=1))
+    load = os.getloadavg()[0]
+    start = time.perf_counter()
+    with log_path.open("w") as log:
+        proc = subprocess.run(
+            [str(python), str(HERE / "workers" / f"{worker}.py"), str(cfg_path), str(out_path)],
+            env=worker_env(threads),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=1200,
+        )
+    wall = time.perf_counter() - start
+    if proc.returncode != 0 or not out_path.exists():
+        tail = log_path.read_text().strip().splitlines()[-1:] or ["no output"]
+        print(f"  {tag}: FAILED ({tail[0][:200]}); log: {log_path}", flush=True)
+        return {"error": tail[0][:200], "log": str(log_path)}
+    result = json.loads(out_path.read_text())
+    result.update(wall_s=wall, load_before=load, load_after=os.getloadavg()[0])
+    return result
+
+
+def run_rounds(cases: list[suite.Case], pythons: dict[str, Path], threads: int, repeats: int):
+    """Every side of every case once per round, the matmul peak first: (runs, peaks)."""
+    out_dir = CACHE / "runs" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_dir.mkdir(parents=True)
+    runs: dict[str, dict[str, list]] = {c.name: {s.label: [] for s in c.sides} for c in cases}
+    peaks = []
+    for r in range(repeats):
+        print(f"[round {r + 1}/{repeats}] matmul peak", flush=True)
+        config = {"warmup": 0, "threads": threads}
+        peak = run_worker(pythons["ours"], "peak", config, out_dir, f"peak-{r}", threads)
+        peaks.append(peak)
+        for case in cases:
+            peak_now = peak.get("gflops", {}).get(report.dtype(case), {}).get("median")
+            for side in case.sides:
+                tag = f"{case.name}-{side.label}-{r}"
+                config = case.config(side, str(CACHE), threads, seed=0)
+                res = run_worker(pythons[side.env], side.worker, config, out_dir, tag, threads)
+                res.update(round=r, peak_gflops=peak_now)
+                runs[case.name][side.label].append(res)
+                if "error" not in res:
+                    rate = report.throughput(case.stage, res)
+                    print(f"  {tag}: {rate:.2f} {suite.METRIC[case.stage]}", flush=True)
+    return runs, peaks
+
+
+def summarize(case: suite.Case, runs: dict[str, list], threads: int) -> dict[str, Any]:
+    """One case's statistics per side (or the first error) and its ratios."""
+    sides = {}
+    for label, side_runs in runs.items():
+        good = [x for x in side_runs if "error" not in x]
+        sides[label] = (
+            report.summarize_side(case, good) if good else {"error": side_runs[0]["error"]}
+        )
+    ok = {k: v for k, v in sides.items() if "error" not in v}
+    return {
+        "name": case.name,
+        "stage": case.stage,
+        "model": case.model,
+        "dtype": report.dtype(case),
+        "settings": case.config(suite.Side("", "", ""), "", threads),
+        "sides": sides,
+        "ratios": [x for x in (report.ratio(q, ok) for q in case.ratios) if x is not None],
+        "runs": runs,
+    }
+
+
+def peak_spread(peaks: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    medians = {
+        d: [p["gflops"][d]["median"] for p in peaks if "error" not in p] for d in report.DTYPES
+    }
+    return {
+        d: {"median": statistics.median(v), "min": min(v), "max": max(v)}
+        for d, v in medians.items()
+    }
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small model, few steps, one round")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of every run")
+    parser.add_argument("--repeats", type=int, help="rounds: runs per side (default 2; --quick: 1)")
+    parser.add_argument("--cases", nargs="*", help="only cases whose name contains one of these")
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (1 if args.quick else 2)
+    cases = suite.quick() if args.quick else suite.full()
+    if args.cases:
+        cases = [c for c in cases if any(s in c.name for s in args.cases)]
+
+    info = machine()
+    for model in sorted({c.model for c in cases}):
+        print(f"[setup] assets for {model}", flush=True)
+        assets.build(CACHE, model, assets.DataSpec())
+    pythons = {"ours": Path(sys.executable)}
+    for env in sorted({s.env for c in cases for s in c.sides} - {"ours"}):
+        pythons[env] = envs.ensure(VENVS, env, suite.ENVS[env])
+
+    runs, peaks = run_rounds(cases, pythons, args.threads, repeats)
+    info["load_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    results = {
+        "date": datetime.date.today().isoformat(),
+        "command": " ".join(["benchmarks/run.py", *map(shlex.quote, argv or sys.argv[1:])]),
+        "machine": info,
+        "threads": args.threads,
+        "repeats": repeats,
+        "peak_gflops": peak_spread(peaks),
+        "peak_runs": peaks,
+        "cases": [summarize(c, runs[c.name], args.threads) for c in cases],
+    }
+    RESULTS.mkdir(exist_ok=True)
+    slug = "-".join(info["cpu"].lower().replace("(r)", "").replace("(tm)", "").split()[:4])
+    kind = "-quick" if args.quick else "-partial" if args.cases else ""
+    path = RESULTS / f"cpu{info['cores']}-{slug}-{results['date']}-{args.threads}t{kind}.json"
+    path.write_text(json.dumps(results, indent=1))
+    table = report.markdown(results)
+    (RESULTS / ("latest-partial.md" if kind else "latest.md")).write_text(table)
+    print(table)
+    print(f"results: {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""What the benchmark runs: cases (one stage on one model and data set), the sides compared in each,
+the settings pinned on both sides, and the ratios checked against the targets of the issue.
+
+A side is one worker script run in one environment with the case's settings plus its overrides:
+
+    ours   lightning_rlhf's module + data module under a Lightning Trainer (run.py's interpreter)
+    trl    TRL's trainer (SFT and reward: TRL latest; PPO: TRL 0.29.1, the last with PPO)
+    raw    a plain PyTorch loop on the same model (SFT's ceiling)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+ENVS = {"ours": None, "trl-latest": "trl==1.16.0", "trl-0.29.1": "trl==0.29.1"}
+METRIC = {"sft": "tokens/s", "reward": "pairs/s", "ppo": "episodes/s"}
+
+
+@dataclass(frozen=True)
+class Side:
+    label: str
+    worker: str  # workers/<worker>.py
+    env: str  # a key of ENVS
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """``numerator ÷ denominator`` of the case's metric (memory: of peak memory), and its target:
+    at least ``target`` (``at_most=False``) or at most (``at_most=True``)."""
+
+    numerator: str
+    denominator: str
+    target: float
+    at_most: bool = False
+    memory: bool = False
+
+
+@dataclass(frozen=True)
+class Case:
+    """One comparison: ``sides`` run alternately, each in its own process, ``repeats`` times.
+
+    ``batch_size`` is examples (packed rows when packing), pairs, or prompts per step;
+    ``max_length`` the longest sequence (PPO: the prompt length); ``warmup`` steps are run but not
+    timed, then ``steps`` are timed.
+    """
+
+    name: str
+    stage: str
+    model: str
+    data: str
+    sides: tuple[Side, ...]
+    batch_size: int
+    max_length: int
+    warmup: int
+    steps: int
+    ratios: tuple[Ratio, ...] = ()
+    lr: float = 1e-4
+    ppo: dict[str, Any] | None = None
+    precision: str = "32-true"  # Lightning's name; "bf16-mixed" is bf16 autocast on every side
+
+    @property
+    def fused_adamw(self) -> bool:
+        """Fused AdamW on every side, except under bf16-mixed, where Lightning refuses gradient
+        clipping with a fused optimiser (its check is meant for fp16's gradient scaler)."""
+        return self.precision != "bf16-mixed"
+
+    def config(self, side: Side, root: str, threads: int, seed: int = 0) -> dict[str, Any]:
+        """The JSON a worker reads: paths, settings, then the side's overrides."""
+        model_dir = f"{root}/{self.model}/{'policy' if self.stage == 'ppo' else 'lm'}"
+        return {
+            "case": self.name,
+            "side": side.label,
+            "stage": self.stage,
+            "model": self.model,
+            "model_dir": model_dir,
+            "rm_dir": f"{root}/{self.model}/rm",
+            "data": f"{root}/{self.model}/data/{self.data}",
+            "batch_size": self.batch_size,
+            "max_length": self.max_length,
+            "warmup": self.warmup,
+            "steps": self.steps,
+            "lr": self.lr,
+            "threads": threads,
+            "seed": seed,
+            "ppo": self.ppo,
+            "precision": self.precision,
+            "fused": self.fused_adamw,
+            **side.overrides,
+        }
+
+
+OURS_SFT, TRL_SFT, RAW_SFT = (
+    Side("ours", "ours_sft", "ours"),
+    Side("trl", "trl_sft", "trl-latest"),
+    Side("raw", "raw_sft", "ours"),
+)
+PPO = {"response_length": 32, "epochs": 2, "minibatches": 2, "kl_coef": 0.05}
+
+
+def _sft_fixed(model: str, precision: str = "32-true") -> Case:
+    return Case(
+        f"sft-{model}-fixed" + ("-bf16" if precision == "bf16-mixed" else ""),
+        "sft",
+        model,
+        "sft_fixed.jsonl",
+        (OURS_SFT, TRL_SFT, RAW_SFT),
+        batch_size=8,
+        max_length=256,
+        warmup=1,
+        steps=3,
+        ratios=(Ratio("ours", "trl", 1.0), Ratio("ours", "raw", 0.95)),
+        precision=precision,
+    )
+
+
+def full() -> list[Case]:
+    """The full suite (about 20 minutes on 2 busy cores)."""
+    packed = {"packing": True, "batch_size": 4}  # 4 rows of 256 ≈ the 8 padded examples' tokens
+    return [
+        _sft_fixed("llama-25m"),
+        Case(
+            "sft-llama-25m-var",
+            "sft",
+            "llama-25m",
+            "sft_var.jsonl",
+            (
+                OURS_SFT,
+                TRL_SFT,
+                Side("ours-packed", "ours_sft", "ours", packed),
+                Side("trl-packed", "trl_sft", "trl-latest", packed),
+                Side(
+                    "trl-padding-free",
+                    "trl_sft",
+                    "trl-latest",
+                    {"padding_free": True, "max_length": None},  # TRL asks: no truncation
+                ),
+            ),
+            batch_size=8,
+            max_length=256,
+            warmup=1,
+            steps=5,
+            ratios=(
+                Ratio("ours", "trl", 1.0),
+                Ratio("ours-packed", "trl-packed", 1.3),
+                Ratio("ours-packed", "trl-padding-free", 1.3),
+            ),
+        ),
+        _sft_fixed("llama-25m", "bf16-mixed"),
+        _sft_fixed("llama-5m"),
+        Case(
+            "reward-llama-25m-fixed",
+            "reward",
+            "llama-25m",
+            "pref_fixed.jsonl",
+            (Side("ours", "ours_reward", "ours"), Side("trl", "trl_reward", "trl-latest")),
+            batch_size=8,
+            max_length=256,
+            warmup=1,
+            steps=3,
+            ratios=(Ratio("ours", "trl", 1.0),),
+        ),
+        Case(
+            "reward-llama-25m-var",
+            "reward",
+            "llama-25m",
+            "pref_var.jsonl",
+            (
+                Side("ours", "ours_reward", "ours"),
+                Side("trl", "trl_reward", "trl-latest"),
+                Side("ours-padding-free", "ours_reward", "ours", {"padding_free": True}),
+            ),
+            batch_size=8,
+            max_length=256,
+            warmup=1,
+            steps=5,
+            ratios=(Ratio("ours", "trl", 1.0), Ratio("ours-padding-free", "trl", 1.3)),
+        ),
+        *(
+            Case(
+                f"ppo-{model}",
+                "ppo",
+                model,
+                "prompts.jsonl",
+                (Side("ours", "ours_ppo", "ours"), Side("trl", "trl_ppo", "trl-0.29.1")),
+                batch_size=16,
+                max_length=32,
+                warmup=1,
+                steps=2,
+                lr=1e-5,
+                ppo=PPO,
+                ratios=(
+                    Ratio("ours", "trl", 1.5),
+                    Ratio("ours", "trl", 1.0, at_most=True, memory=True),
+                ),
+            )
+            for model in ("llama-25m", "llama-5m")
+        ),
+    ]
+
+
+def quick() -> list[Case]:
+    """Every case on the small model, one warm-up and two timed steps: a check that all of it runs."""
+    cases: dict[str, Case] = {}
+    for case in full():
+        name = case.name.replace("llama-25m", "llama-5m")
+        cases.setdefault(name, replace(case, name=name, model="llama-5m", warmup=1, steps=2))
+    return list(cases.values())

@@ -1,0 +1,179 @@
+"""What every benchmark worker shares: its config, threads, clocks, token counts, memory, output.
+
+Workers run in separate processes and in separate virtual environments (ours, TRL latest, TRL
+0.29.1), so this file needs nothing but the standard library and torch.
+
+A worker is run as ``python workers/<side>_<stage>.py CONFIG.json RESULT.json``. It imports its
+libraries, calls :func:`baseline` (resident memory after imports), builds model and data, runs
+``warmup + steps`` training steps, marking the end of each with a :class:`StepClock`, and writes
+:func:`result` to RESULT.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CONFIG: dict[str, Any] = json.loads(Path(sys.argv[1]).read_text()) if len(sys.argv) > 1 else {}
+torch.set_num_threads(int(CONFIG.get("threads", torch.get_num_threads())))
+torch.manual_seed(int(CONFIG.get("seed", 0)))
+
+_BASELINE_MB: list[float] = []
+
+
+def peak_rss_mb() -> float:
+    """High-water mark of this process's resident memory, MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def baseline() -> None:
+    """Record the memory high-water mark after the imports: peaks are reported above it."""
+    _BASELINE_MB.append(peak_rss_mb())
+
+
+class StepClock:
+    """End time of every training step; step i lasted ``ends[i] - ends[i - 1]``."""
+
+    def __init__(self) -> None:
+        self.ends: list[float] = []
+        self.start = time.perf_counter()
+
+    def mark(self) -> None:
+        self.ends.append(time.perf_counter())
+
+    def durations(self) -> list[float]:
+        points = [self.start, *self.ends]
+        return [b - a for a, b in zip(points, points[1:])]
+
+
+class TokenCounter:
+    """Counts the non-pad tokens of every forward that records gradients (training forwards).
+
+    A forward pre-hook on the input embedding sees every path through the model (full forward,
+    trunk only, fused heads) and nothing else; the benchmark's pad id never occurs in the data.
+    """
+
+    def __init__(self, model: torch.nn.Module, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+        self.tokens = 0
+        self.rows = 0
+        self.per_step: list[int] = []
+        model.get_input_embeddings().register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args) -> None:
+        if torch.is_grad_enabled() and args:
+            ids = args[0]
+            self.tokens += int((ids != self.pad_token_id).sum())
+            self.rows += ids.shape[0]
+
+    def step(self) -> None:
+        self.per_step.append(self.tokens)
+        self.tokens = 0
+
+
+def matmul_params(model: torch.nn.Module) -> int:
+    """Parameters that take part in matmuls: every ``nn.Linear`` weight (the LM head included,
+    even when tied to the embedding, whose lookup is not a matmul)."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def result(clock: StepClock, **extra: Any) -> None:
+    """Write the worker's measurements: per-step durations (the first ``warmup`` are warm-up),
+    peak memory above the import baseline, versions, and ``extra`` (counts, phases, parity)."""
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("torch", "transformers", "trl", "lightning", "accelerate", "datasets"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            versions[pkg] = md.version(pkg)
+    base = _BASELINE_MB[0] if _BASELINE_MB else 0.0
+    out = {
+        "config": CONFIG,
+        "durations": clock.durations(),
+        "warmup": CONFIG["warmup"],
+        "peak_rss_mb": peak_rss_mb(),
+        "baseline_rss_mb": base,
+        "peak_above_baseline_mb": peak_rss_mb() - base,
+        "threads": torch.get_num_threads(),
+        "versions": versions,
+        "python": sys.version.split()[0],
+        "pid": os.getpid(),
+        **extra,
+    }
+    if torch.cuda.is_available():
+        out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    Path(sys.argv[2]).write_text(json.dumps(out, indent=1))
+
+
+class PPOProbe:
+    """Phase split and parity of PPO iterations, measured the same way on both sides.
+
+    ``generation`` wraps the side's sampling function (time, response width, tokens sampled);
+    the first forward with gradients after it marks the start of the update (a forward pre-hook
+    on the trained module); an optimizer step post-hook counts updates. ``end_iteration`` (at each
+    step end) closes the iteration: scoring is the time from the end of sampling to the first
+    training forward (reward, π_old, π_ref and value forwards, advantages), update the rest.
+    """
+
+    def __init__(self) -> None:
+        self.iterations: list[dict[str, float]] = []
+        self._last_end = time.perf_counter()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._gen = [0.0, 0.0]
+        self._update_start: float | None = None
+        self._cur = {"episodes": 0, "response_width": 0, "tokens_generated": 0, "updates": 0}
+
+    def generation(self, fn, width_and_tokens):
+        """``fn`` wrapped; ``width_and_tokens(args, kwargs, out) -> (rows, width, tokens)``."""
+
+        def wrapped(*args, **kwargs):
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            self._gen = [self._gen[0] or start, time.perf_counter()]
+            rows, width, tokens = width_and_tokens(args, kwargs, out)
+            self._cur["episodes"] += rows
+            self._cur["response_width"] = width
+            self._cur["tokens_generated"] += tokens
+            return out
+
+        return wrapped
+
+    def watch_update(self, module: torch.nn.Module) -> None:
+        def hook(mod, args, kwargs):
+            if torch.is_grad_enabled() and self._update_start is None and self._gen[1]:
+                self._update_start = time.perf_counter()
+
+        module.register_forward_pre_hook(hook, with_kwargs=True)
+
+    def watch_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        def hook(opt, args, kwargs):
+            self._cur["updates"] += 1
+
+        optimizer.register_step_post_hook(hook)
+
+    def end_iteration(self) -> None:
+        end = time.perf_counter()
+        gen_start, gen_end = self._gen
+        update_start = self._update_start or end
+        self.iterations.append(
+            {
+                **self._cur,
+                "total": end - self._last_end,
+                "generation": gen_end - gen_start,
+                "scoring": update_start - gen_end,
+                "update": end - update_start,
+                "other": gen_start - self._last_end,
+            }
+        )
+        self._last_end = end
+        self._reset()
