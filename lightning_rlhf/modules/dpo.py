@@ -14,7 +14,6 @@ the first epoch a step costs one forward and backward of the policy and no refer
 from __future__ import annotations
 
 import contextlib
-from dataclasses import replace
 from typing import Literal
 
 import torch
@@ -24,7 +23,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from lightning_rlhf.losses import check_dpo_options, dpo_loss, sequence_logprobs
-from lightning_rlhf.models import ModelOptions, check_same_tokenizer, load_causal_lm
+from lightning_rlhf.models import ModelOptions
 from lightning_rlhf.modules.policy import PolicyModule
 from lightning_rlhf.optim import ScheduleOptions
 from lightning_rlhf.rewards import RewardFunction
@@ -125,6 +124,8 @@ class DPOModule(PolicyModule):
             ``TaskOracle``); None skips the score.
         eval_sampling: how validation answers are generated (temperature 0 is greedy).
         num_logged_samples: held-out prompts and answers logged as a table at each validation.
+        nan_policy: a non-finite loss stops the run ("raise", naming the step) or skips that
+            batch with a warning ("skip"; single-process runs: under DDP every rank must agree).
     """
 
     def __init__(
@@ -141,6 +142,7 @@ class DPOModule(PolicyModule):
         oracle: RewardFunction | None = None,
         eval_sampling: SamplingOptions = SamplingOptions(max_new_tokens=8, temperature=0.0),
         num_logged_samples: int = 8,
+        nan_policy: Literal["raise", "skip"] = "raise",
     ) -> None:
         super().__init__(
             model_name_or_path,
@@ -153,6 +155,7 @@ class DPOModule(PolicyModule):
         )
         check_dpo_options(beta, loss_type, label_smoothing)
         self.save_hyperparameters(ignore=["optimizer", "oracle"])
+        self.nan_policy = nan_policy
         self.ref_model_name_or_path = ref_model_name_or_path
         self.beta = beta
         self.loss_type = loss_type
@@ -168,16 +171,7 @@ class DPOModule(PolicyModule):
         if self.model is not None:
             return
         super().configure_model()
-        if self.ref_model_name_or_path is not None:  # it reads the policy's token ids
-            trust = self.model_options.trust_remote_code
-            check_same_tokenizer(
-                self.model_name_or_path, self.ref_model_name_or_path, "reference", trust
-            )
-        if self.ref_model_name_or_path is not None or self.model_options.lora is None:
-            # the policy's loading options, without LoRA or checkpointing: πref is never trained
-            options = replace(self.model_options, lora=None, gradient_checkpointing=False)
-            ref = load_causal_lm(self.ref_model_name_or_path or self.model_name_or_path, options)
-            self._ref = [ref.eval().requires_grad_(False)]
+        self._ref = self.load_reference(self.ref_model_name_or_path)
 
     def on_fit_start(self) -> None:
         for ref in self._ref:
@@ -237,8 +231,10 @@ class DPOModule(PolicyModule):
         stats["policy_accuracy"] = (chosen > rejected).float().mean().detach()
         return loss, stats
 
-    def training_step(self, batch: PreferenceBatch, batch_idx: int) -> Tensor:
+    def training_step(self, batch: PreferenceBatch, batch_idx: int) -> Tensor | None:
         loss, stats = self._step(batch, "train")
+        if not self.check_finite("loss", loss):
+            return None  # Lightning skips the backward pass and the optimizer step
         self.log("train/loss", stats.pop("loss"), prog_bar=True)
         self.log_dict({f"train/{k}": v for k, v in stats.items()})
         return loss

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric
 
-from lightning_rlhf.models import ModelOptions, load_causal_lm
+from lightning_rlhf.models import ModelOptions, check_same_tokenizer, load_causal_lm
 from lightning_rlhf.modules.base import StageModule
 from lightning_rlhf.optim import ScheduleOptions
 from lightning_rlhf.rewards import RewardFunction
@@ -37,6 +39,22 @@ class PolicyModule(StageModule):
 
     def load_model(self) -> torch.nn.Module:
         return load_causal_lm(self.model_name_or_path, self.model_options)
+
+    def load_reference(self, ref_name_or_path: str | None) -> list[torch.nn.Module]:
+        """πref, frozen: ``ref_name_or_path`` or, when None, the initial policy; ``[]`` for a LoRA
+        policy without one, whose πref is its own base model with the adapters disabled.
+
+        In a list so that it is neither trained nor saved in checkpoints. It loads with the
+        policy's options but without LoRA or gradient checkpointing: πref is never trained.
+        """
+        if ref_name_or_path is not None:  # it reads the policy's token ids
+            trust = self.model_options.trust_remote_code
+            check_same_tokenizer(self.model_name_or_path, ref_name_or_path, "reference", trust)
+        elif self.model_options.lora is not None:
+            return []
+        options = replace(self.model_options, lora=None, gradient_checkpointing=False)
+        ref = load_causal_lm(ref_name_or_path or self.model_name_or_path, options)
+        return [ref.eval().requires_grad_(False)]
 
     def sample(
         self, batch: PromptBatch, sampling: SamplingOptions

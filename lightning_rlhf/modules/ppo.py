@@ -41,7 +41,6 @@ from lightning_rlhf.losses import entropy_from_logits, ppo_policy_loss, token_lo
 from lightning_rlhf.models import (
     ModelOptions,
     check_same_tokenizer,
-    load_causal_lm,
     load_scalar_model,
     token_scalars,
 )
@@ -217,22 +216,12 @@ class PPOModule(PolicyModule):
         if self.model is not None:
             return
         super().configure_model()
-        lora = self.model_options.lora is not None
-        trust = self.model_options.trust_remote_code
-        for role, other in (
-            ("reference", self.ref_model_name_or_path),
-            ("critic", self._critic_path),
-        ):
-            if other is not None:  # both read the policy's token ids
-                check_same_tokenizer(self.model_name_or_path, other, role, trust)
-        if self.ref_model_name_or_path is not None or not lora:
-            # the policy's loading options, without LoRA or checkpointing: πref is never trained
-            options = replace(self.model_options, lora=None, gradient_checkpointing=False)
-            ref = load_causal_lm(self.ref_model_name_or_path or self.model_name_or_path, options)
-            self._ref = [ref.eval().requires_grad_(False)]
+        self._ref = self.load_reference(self.ref_model_name_or_path)
         if not self.advantage.needs_critic:
             return
         if self._critic_path is not None:
+            trust = self.model_options.trust_remote_code  # the critic reads the policy's token ids
+            check_same_tokenizer(self.model_name_or_path, self._critic_path, "critic", trust)
             options = replace(self.model_options, extra={})  # extra kwargs are the causal LM's
             self.critic = load_scalar_model(self._critic_path, options, self.tokenizer.pad_token_id)
             self.critic.train()

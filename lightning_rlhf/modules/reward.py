@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import CatMetric, MeanMetric
@@ -99,6 +101,8 @@ class RewardModule(StageModule):
             only to itself through position ids that restart at 0, which transformers honours
             for its own models with sdpa, eager and flash attention; leave it off for models
             whose attention ignores position ids.
+        nan_policy: a non-finite loss stops the run ("raise", naming the step) or skips that
+            batch with a warning ("skip"; single-process runs: under DDP every rank must agree).
     """
 
     def __init__(
@@ -111,11 +115,13 @@ class RewardModule(StageModule):
         oracle: RewardFunction | None = None,
         num_logged_pairs: int = 8,
         padding_free: bool = False,
+        nan_policy: Literal["raise", "skip"] = "raise",
     ) -> None:
         super().__init__(model_name_or_path, model, optimizer, schedule)
         if center_coef < 0:
             raise ValueError(f"center_coef must be >= 0, got {center_coef}")
         self.save_hyperparameters(ignore=["optimizer", "oracle"])
+        self.nan_policy = nan_policy
         self.center_coef = center_coef
         self.oracle = oracle
         self.num_logged_pairs = num_logged_pairs
@@ -153,8 +159,10 @@ class RewardModule(StageModule):
         loss, stats = bradley_terry_loss(chosen, rejected, batch.margin, self.center_coef)
         return loss, stats, chosen.detach(), rejected.detach()
 
-    def training_step(self, batch: PreferenceBatch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: PreferenceBatch, batch_idx: int) -> torch.Tensor | None:
         loss, stats, _, _ = self._step(batch)
+        if not self.check_finite("loss", loss):
+            return None  # Lightning skips the backward pass and the optimizer step
         self.log("train/loss", loss, prog_bar=True)
         self.log_dict({f"train/{k}": v for k, v in stats.items() if k != "bt_loss"})
         return loss

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
@@ -59,6 +61,8 @@ class SFTModule(PolicyModule):
             ``TaskOracle``, or any RewardFunction); None skips the score.
         eval_sampling: how validation responses are generated (temperature 0 is greedy).
         num_logged_samples: prompts, responses and scores logged as a table at each validation.
+        nan_policy: a non-finite loss stops the run ("raise", naming the step) or skips that
+            batch with a warning ("skip"; single-process runs: under DDP every rank must agree).
     """
 
     def __init__(
@@ -70,6 +74,7 @@ class SFTModule(PolicyModule):
         oracle: RewardFunction | None = None,
         eval_sampling: SamplingOptions = SamplingOptions(max_new_tokens=8, temperature=0.0),
         num_logged_samples: int = 8,
+        nan_policy: Literal["raise", "skip"] = "raise",
     ) -> None:
         super().__init__(
             model_name_or_path,
@@ -81,6 +86,7 @@ class SFTModule(PolicyModule):
             num_logged_samples,
         )
         self.save_hyperparameters(ignore=["optimizer", "oracle"])
+        self.nan_policy = nan_policy
         self.val_nll = MeanMetric()
         self.val_token_accuracy = MeanMetric()
 
@@ -88,8 +94,10 @@ class SFTModule(PolicyModule):
         logits, targets = completion_logits(self.model, batch)  # (1, N, V), (1, N)
         return completion_nll(logits, targets)
 
-    def training_step(self, batch: LMBatch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: LMBatch, batch_idx: int) -> torch.Tensor | None:
         loss, stats = self._loss(batch)
+        if not self.check_finite("loss", loss):
+            return None  # Lightning skips the backward pass and the optimizer step
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/token_accuracy", stats["token_accuracy"])
         self.log("train/tokens", stats["tokens"], reduce_fx="sum")
