@@ -24,6 +24,8 @@ CURVES = [
     ("rloo", "val/oracle_score", "RLOO: oracle score, held-out prompts (greedy)"),
     ("dpo", "val/policy_accuracy", "DPO: policy preference accuracy, held-out pairs"),
     ("dpo", "val/oracle_score", "DPO: oracle score, held-out prompts (greedy)"),
+    ("grpo_verifiable", "train/reward", "GRPO, verifiable reward: rollouts answered correctly"),
+    ("grpo_verifiable", "val/oracle_score", "GRPO, verifiable reward: held-out score (greedy)"),
 ]
 
 

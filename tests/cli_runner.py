@@ -1,8 +1,10 @@
 """Run ``python -m lightning_rlhf ...`` in a subprocess, as a user would."""
 
+import csv
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 
 def run_cli(*args, cwd, env=None, check=True, threads=None, timeout=500):
@@ -26,3 +28,14 @@ def run_cli(*args, cwd, env=None, check=True, threads=None, timeout=500):
             f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         )
     return proc
+
+
+def read_metrics(log_dir: Path) -> dict[int, dict[str, float]]:
+    """{step: {metric: value}} from every metrics.csv under ``log_dir``."""
+    out: dict[int, dict[str, float]] = {}
+    for path in sorted(log_dir.rglob("metrics.csv")):
+        with path.open() as f:
+            for row in csv.DictReader(f):
+                step = out.setdefault(int(row["step"]), {})
+                step.update({k: float(v) for k, v in row.items() if v and k != "step"})
+    return out

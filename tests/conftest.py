@@ -1,6 +1,7 @@
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -33,3 +34,13 @@ def tokenizer(tiny_model_dir):
     from lightning_rlhf.models import load_tokenizer
 
     return load_tokenizer(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models' ops are too small for intra-op threads: on shared cores the threads' barriers
+    can slow them tenfold. One thread for the module, restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

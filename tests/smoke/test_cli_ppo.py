@@ -1,14 +1,13 @@
 """The real CLI in a subprocess: PPO trains and exports, and a run killed after a checkpoint and
 resumed logs exactly what the uninterrupted run logged."""
 
-import csv
 import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
-from cli_runner import run_cli
+from cli_runner import read_metrics, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,17 +99,6 @@ def fit_args(d, task_dir, name, callbacks, max_steps=ITERATIONS * STEPS_PER_ITER
         "--trainer.logger.save_dir", str(d / name / "logs"),
         "--trainer.callbacks", json.dumps([checkpoint, export, *callbacks]),
     ]  # fmt: skip
-
-
-def read_metrics(log_dir: Path) -> dict[int, dict[str, float]]:
-    """{step: {metric: value}} from every metrics.csv under ``log_dir``."""
-    out: dict[int, dict[str, float]] = {}
-    for path in sorted(log_dir.rglob("metrics.csv")):
-        with path.open() as f:
-            for row in csv.DictReader(f):
-                step = out.setdefault(int(row["step"]), {})
-                step.update({k: float(v) for k, v in row.items() if v and k != "step"})
-    return out
 
 
 @pytest.fixture(scope="module")

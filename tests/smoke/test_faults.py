@@ -27,9 +27,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from cli_runner import run_cli
+from cli_runner import read_metrics, run_cli
 from lightning.pytorch.callbacks import ModelCheckpoint
-from test_cli_ppo import read_metrics
 
 import lightning_rlhf
 from lightning_rlhf import HFExport, PreferenceDataModule, SFTDataModule
@@ -39,16 +38,10 @@ from lightning_rlhf.models import export_hf, load_causal_lm, load_scalar_model, 
 from lightning_rlhf.modules.reward import RewardModule
 from lightning_rlhf.modules.sft import SFTModule
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = Path(lightning_rlhf.__file__).resolve().parent
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------------------- SIGKILL

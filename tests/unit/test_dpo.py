@@ -19,6 +19,8 @@ from lightning_rlhf.optim import ScheduleOptions
 from lightning_rlhf.tasks import corrupt, sample_problems
 from lightning_rlhf.types import PromptBatch
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ATOL = 1e-6
 EOS = 1  # the byte tokenizer: 0 pad, 1 EOS, byte b -> b + 3
 TRAINER = dict(
@@ -28,15 +30,6 @@ TRAINER = dict(
     enable_progress_bar=False,
     enable_model_summary=False,
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model's ops are too small for two threads: on busy cores they are 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def b(text: str) -> list[int]:

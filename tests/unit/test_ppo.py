@@ -39,15 +39,10 @@ from lightning_rlhf.rewards import (
 from lightning_rlhf.rollout import SamplingOptions
 from lightning_rlhf.types import Rollout
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 # ------------------------------------------------------------------------------- helpers
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model's ops are too small for two threads: on busy cores they are 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class MemoryLogger(Logger):

@@ -221,16 +221,6 @@ def test_export_without_validation_writes_no_stats(tiny_model_dir, tmp_path):
     assert (out / "model.safetensors").exists() and not (out / "reward_stats.json").exists()
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny ops gain nothing from intra-op threads, and on shared cores the threads' barriers can
-    slow them tenfold; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_short_fit_raises_validation_accuracy(tiny_model_dir, task_dir, one_thread):
     """400 steps x 32 pairs from the random tiny model (~6-10 s on 2 cores).
 
