@@ -11,6 +11,7 @@ import torch
 from lightning import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
+from torchmetrics import Metric
 
 from lightning_rlhf.io import check_writable
 from lightning_rlhf.models import ModelOptions, export_hf, load_tokenizer
@@ -71,6 +72,12 @@ class StageModule(LightningModule):
         fails early, before any step, when a checkpoint directory cannot be written.
         """
         torch.serialization.add_safe_globals(sorted(_config_types(dict(self.hparams)), key=str))
+        if stage == "fit":
+            # a validate() before this fit left the metrics' states as inference-mode tensors,
+            # which fit's validation (no_grad, not inference mode) cannot update in place
+            for metric in self.modules():
+                if isinstance(metric, Metric):
+                    metric.reset()
         if stage == "fit" and self.trainer.is_global_zero:
             for callback in self.trainer.checkpoint_callbacks:
                 if getattr(callback, "dirpath", None):

@@ -348,6 +348,20 @@ def test_validation_metrics_oracle_score_and_export(tiny_model_dir, pairs_file, 
     assert stats["val/oracle_score"] == 0.0 and (out / "model.safetensors").exists()
 
 
+def test_validate_then_fit_the_same_module(tiny_model_dir, pairs_file):
+    """A baseline validate() before fit(): the metrics' inference-mode states are renewed."""
+    module = DPOModule(tiny_model_dir)
+    dm = PreferenceDataModule(
+        train_path=pairs_file, val_path=pairs_file, tokenizer=tiny_model_dir, batch_size=5
+    )
+    trainer = L.Trainer(**{**TRAINER, "max_steps": 2})
+    before = trainer.validate(module, dm, verbose=False)[0]
+    trainer.fit(module, dm)  # its sanity check updates the same metrics outside inference mode
+    after = trainer.validate(module, dm, verbose=False)[0]
+    assert before["val/loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert after["val/loss"] != before["val/loss"]  # two steps moved the policy
+
+
 # --- learning ---------------------------------------------------------------------------------
 
 
