@@ -1,4 +1,4 @@
-"""lightning_rlhf: SFT -> reward model -> PPO as Lightning modules, one YAML per stage.
+"""lightning_rlhf: SFT -> reward model -> PPO (and GRPO, RLOO, DPO) as Lightning modules, one YAML per stage.
 
 Imports are lazy so ``import lightning_rlhf`` stays cheap; the names below load on first use.
 """
