@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import Counter
 from functools import partial
@@ -119,8 +120,26 @@ class PreferenceDataModule(TextDataModule):
                 f"'{hp.chosen_column}'/'{hp.rejected_column}' must be text or messages"
             )
         if has_prompt:
-            return row[hp.prompt_column], chosen, rejected
+            prompt = row[hp.prompt_column]
+            if not isinstance(prompt, str):
+                raise ValueError(
+                    f"'{hp.prompt_column}' must be text, got {type(prompt).__name__} {prompt!r:.40}"
+                )
+            return prompt, chosen, rejected
         return split_shared_prefix(chosen, rejected)
+
+    def _margin(self, row: dict) -> float:
+        column = self.hparams.margin_column
+        if column is None:
+            return 0.0
+        value = row[column]
+        try:
+            margin = float(value)
+        except (TypeError, ValueError):
+            margin = float("nan")
+        if isinstance(value, bool) or not math.isfinite(margin):
+            raise ValueError(f"margin column '{column}' must be a finite number, got {value!r:.40}")
+        return margin
 
     def _encode(self, ds, source: str) -> list[dict]:
         hp = self.hparams
@@ -129,10 +148,17 @@ class PreferenceDataModule(TextDataModule):
         )
         require_columns(ds, needed, source)
         has_prompt = hp.prompt_column in ds.column_names
+        if not has_prompt and len(ds) and isinstance(ds[0][hp.chosen_column], str):
+            log.warning(
+                "%s: no '%s' column: each pair's prompt is taken as the shared beginning of "
+                "'%s' and '%s' (HH-style full texts); set data.prompt_column if it has another name",
+                source, hp.prompt_column, hp.chosen_column, hp.rejected_column,
+            )  # fmt: skip
         out, skipped = [], Counter()
         for i, row in enumerate(ds):
             try:
                 prompt, chosen, rejected = self._texts(row, has_prompt)
+                margin = self._margin(row)
             except ValueError as err:
                 raise ValueError(f"{source} row {i}: {err}") from None
             if not chosen.strip() or not rejected.strip():
@@ -157,7 +183,7 @@ class PreferenceDataModule(TextDataModule):
                     "rejected_response_len": rejected_len,
                     "prompt_ids": p_ids[-hp.max_length :],
                     "index": len(out),
-                    "margin": float(row[hp.margin_column]) if hp.margin_column else 0.0,
+                    "margin": margin,
                     "prompt": prompt,
                     "chosen": chosen,
                     "rejected": rejected,

@@ -241,3 +241,33 @@ def test_collated_batch_is_chosen_rows_then_rejected_rows(tmp_path, tiny_model_d
                 assert batch.input_ids[row, :length].tolist() == ids  # right-padded
                 assert (batch.input_ids[row, length:] == 0).all()
                 assert batch.responses[row] == text
+
+
+@pytest.mark.parametrize(
+    ("second", "margin_column", "message"),
+    [
+        ({"prompt": None, "chosen": "4", "rejected": "5"}, None, r"'prompt' must be text, got NoneType"),
+        ({"prompt": "2+2=", "chosen": "4", "rejected": "5", "gap": None}, "gap",
+         r"margin column 'gap' must be a finite number, got None"),
+        ({"prompt": "2+2=", "chosen": "4", "rejected": "5", "gap": float("nan")}, "gap",
+         r"margin column 'gap' must be a finite number, got nan"),
+    ],
+)  # fmt: skip
+def test_bad_prompt_or_margin_names_the_row_and_column(
+    tmp_path, tiny_model_dir, second, margin_column, message
+):
+    first = {"prompt": "1+1=", "chosen": "2", "rejected": "3", "gap": 1.0}
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps(first) + "\n" + json.dumps(second) + "\n")  # NaN as JSON's NaN
+    with pytest.raises(ValueError, match=rf"p.jsonl.* row 1: {message}"):
+        setup_dm(str(path), tiny_model_dir, margin_column=margin_column)
+
+
+def test_full_texts_without_a_prompt_column_are_split_with_a_warning(
+    tmp_path, tiny_model_dir, caplog
+):
+    rows = [{"chosen": "Q: 1+1= A: 2", "rejected": "Q: 1+1= A: 3"}]
+    with caplog.at_level("WARNING"):
+        dm = setup_dm(write_jsonl(tmp_path / "hh.jsonl", rows), tiny_model_dir)
+    assert "no 'prompt' column" in caplog.text and "shared beginning" in caplog.text
+    assert dm.train_set[0]["prompt"] == "Q: 1+1= A: "
