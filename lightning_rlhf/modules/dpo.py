@@ -22,13 +22,14 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from lightning_rlhf.losses import check_dpo_options, dpo_loss, sequence_logprobs
+from lightning_rlhf.losses import check_dpo_options, dpo_loss, token_logprobs
 from lightning_rlhf.models import ModelOptions
 from lightning_rlhf.modules.policy import PolicyModule
+from lightning_rlhf.modules.sft import completion_logits
 from lightning_rlhf.optim import ScheduleOptions
 from lightning_rlhf.rewards import RewardFunction
 from lightning_rlhf.rollout import SamplingOptions
-from lightning_rlhf.types import PreferenceBatch, PromptBatch
+from lightning_rlhf.types import LMBatch, PreferenceBatch, PromptBatch
 
 _METRICS = (
     "loss",
@@ -187,9 +188,15 @@ class DPOModule(PolicyModule):
     # ----------------------------------------------------------------------------- log-probs
     @staticmethod
     def _logps(model: nn.Module, ids: Tensor, mask: Tensor, response_mask: Tensor) -> Tensor:
-        """(rows,) summed log-prob of each right-padded row's response tokens."""
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # (rows, T, V)
-        return sequence_logprobs(logits, ids, response_mask)
+        """(rows,) summed log-prob of each right-padded row's response tokens (as
+        :func:`sequence_logprobs`), with the LM head run on the positions that predict a
+        response token only: prompt and pad positions cost the trunk, not the vocabulary."""
+        labels = ids.masked_fill(response_mask == 0, -100)  # (rows, T)
+        logits, targets = completion_logits(model, LMBatch(ids, mask, labels))  # (1, N, V), (1, N)
+        per_token = token_logprobs(logits, targets)[0]  # (N,)
+        # completion_logits keeps positions t whose next token is learned, in row-major order
+        rows = (labels[:, 1:] != -100).nonzero()[:, 0]  # (N,) the row of each kept position
+        return per_token.new_zeros(len(ids)).index_add(0, rows, per_token)
 
     @torch.no_grad()
     def _ref_logps(self, ids: Tensor, mask: Tensor, response_mask: Tensor) -> Tensor:
