@@ -45,6 +45,7 @@ class ModelSpec:
 MODELS = {
     "llama-5m": ModelSpec("llama-5m", 4096, 256, 4, 4, 1024),
     "llama-25m": ModelSpec("llama-25m", 32000, 384, 6, 6, 1536),
+    "llama-500m": ModelSpec("llama-500m", 32000, 1024, 28, 16, 4096),  # the GPU suite's
 }
 
 

@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/run.py            # the full suite (about 15 min on 2 cores)
     .venv/bin/python benchmarks/run.py --quick    # every case on the small model, a few steps
+    python benchmarks/run.py --device cuda --peer-path trl-latest=DIR --peer-path trl-0.29.1=DIR
+                                                  # the GPU suite (a 0.5B model in bf16)
 
 Builds the models, tokenizers and data (``assets.py``, cached in ``benchmarks/.cache``), creates
 the peers' environments (``envs.py``, in ``benchmarks/.venvs``), measures the matmul peak, runs
@@ -43,7 +45,12 @@ def machine() -> dict[str, Any]:
     import torch
 
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    gpu = {}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        gpu = {"gpu": props.name, "gpu_memory_gb": props.total_memory / 1e9}
     return {
+        **gpu,
         "cpu": cpu or platform.processor(),
         "cores": os.cpu_count(),
         "flags": " ".join(flags) or "no AVX-512",
@@ -54,9 +61,12 @@ def machine() -> dict[str, Any]:
     }
 
 
-def worker_env(threads: int) -> dict[str, str]:
+def worker_env(threads: int, pythonpath: str | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    if pythonpath:  # a peer installed into a folder, on top of this interpreter's packages
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH")) if p)
     return {
-        **os.environ,
+        **env,
         "OMP_NUM_THREADS": str(threads),
         "MKL_NUM_THREADS": str(threads),
         "TOKENIZERS_PARALLELISM": "false",
@@ -69,8 +79,11 @@ def worker_env(threads: int) -> dict[str, str]:
     }
 
 
+Python = tuple[Path, str | None]  # an interpreter and the folder to put first on its path
+
+
 def run_worker(
-    python: Path, worker: str, config: dict, out_dir: Path, tag: str, threads: int
+    python: Python, worker: str, config: dict, out_dir: Path, tag: str, threads: int
 ) -> dict[str, Any]:
     """Run one worker in its own process; its result, or {"error": ...} with the log's tail."""
     cfg_path, out_path, log_path = (out_dir / f"{tag}.{ext}" for ext in ("cfg.json", "json", "log"))
@@ -79,8 +92,8 @@ def run_worker(
     start = time.perf_counter()
     with log_path.open("w") as log:
         proc = subprocess.run(
-            [str(python), str(HERE / "workers" / f"{worker}.py"), str(cfg_path), str(out_path)],
-            env=worker_env(threads),
+            [str(python[0]), str(HERE / "workers" / f"{worker}.py"), str(cfg_path), str(out_path)],
+            env=worker_env(threads, python[1]),
             stdout=log,
             stderr=subprocess.STDOUT,
             timeout=1200,
@@ -95,35 +108,49 @@ def run_worker(
     return result
 
 
-def run_rounds(cases: list[suite.Case], pythons: dict[str, Path], threads: int, repeats: int):
-    """Every side of every case once per round, the matmul peak first: (runs, peaks)."""
+def run_rounds(
+    cases: list[suite.Case],
+    pythons: dict[str, Python],
+    threads: int,
+    repeats: int,
+    device: str = "cpu",
+    progress=None,
+):
+    """Every side of every case once per round, the matmul peak first: (runs, peaks).
+    ``progress(runs, peaks)`` is called after every run (results survive a later kill)."""
     out_dir = CACHE / "runs" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True)
     runs: dict[str, dict[str, list]] = {c.name: {s.label: [] for s in c.sides} for c in cases}
     peaks = []
     for r in range(repeats):
         print(f"[round {r + 1}/{repeats}] matmul peak", flush=True)
-        config = {"warmup": 0, "threads": threads}
+        config = {"warmup": 0, "threads": threads, "device": device}
         peak = run_worker(pythons["ours"], "peak", config, out_dir, f"peak-{r}", threads)
         peaks.append(peak)
         for case in cases:
             peak_now = peak.get("gflops", {}).get(report.dtype(case), {}).get("median")
             for side in case.sides:
                 tag = f"{case.name}-{side.label}-{r}"
-                config = case.config(side, str(CACHE), threads, seed=0)
+                config = case.config(side, str(CACHE), threads, seed=0, device=device)
                 res = run_worker(pythons[side.env], side.worker, config, out_dir, tag, threads)
                 res.update(round=r, peak_gflops=peak_now)
                 runs[case.name][side.label].append(res)
                 if "error" not in res:
                     rate = report.throughput(case.stage, res)
                     print(f"  {tag}: {rate:.2f} {suite.METRIC[case.stage]}", flush=True)
+                if progress is not None:
+                    progress(runs, peaks)
     return runs, peaks
 
 
-def summarize(case: suite.Case, runs: dict[str, list], threads: int) -> dict[str, Any]:
+def summarize(
+    case: suite.Case, runs: dict[str, list], threads: int, device: str = "cpu"
+) -> dict[str, Any]:
     """One case's statistics per side (or the first error) and its ratios."""
     sides = {}
     for label, side_runs in runs.items():
+        if not side_runs:
+            continue  # not run yet (a partial write after a round)
         good = [x for x in side_runs if "error" not in x]
         sides[label] = (
             report.summarize_side(case, good) if good else {"error": side_runs[0]["error"]}
@@ -134,7 +161,7 @@ def summarize(case: suite.Case, runs: dict[str, list], threads: int) -> dict[str
         "stage": case.stage,
         "model": case.model,
         "dtype": report.dtype(case),
-        "settings": case.config(suite.Side("", "", ""), "", threads),
+        "settings": case.config(suite.Side("", "", ""), "", threads, device=device),
         "sides": sides,
         "ratios": [x for x in (report.ratio(q, ok) for q in case.ratios) if x is not None],
         "runs": runs,
@@ -145,6 +172,10 @@ def peak_spread(peaks: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     medians = {
         d: [p["gflops"][d]["median"] for p in peaks if "error" not in p] for d in report.DTYPES
     }
+    if not medians["fp32"]:
+        return {
+            d: {"median": float("nan"), "min": float("nan"), "max": float("nan")} for d in medians
+        }
     return {
         d: {"median": statistics.median(v), "min": min(v), "max": max(v)}
         for d, v in medians.items()
@@ -157,9 +188,22 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--threads", type=int, default=2, help="torch threads of every run")
     parser.add_argument("--repeats", type=int, help="rounds: runs per side (default 2; --quick: 1)")
     parser.add_argument("--cases", nargs="*", help="only cases whose name contains one of these")
+    parser.add_argument(
+        "--device", default="cpu", choices=("cpu", "cuda"), help="cuda: the GPU suite (0.5B, bf16)"
+    )
+    parser.add_argument(
+        "--peer-path",
+        action="append",
+        default=[],
+        metavar="ENV=DIR",
+        help="run a peer (trl-latest, trl-0.29.1) with this interpreter and DIR first on its "
+        "path (pip install --target DIR) instead of a virtual environment of its own",
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where results are written")
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 2)
-    cases = suite.quick() if args.quick else suite.full()
+    suites = {"cuda": suite.gpu, "cpu": suite.quick if args.quick else suite.full}
+    cases = suites[args.device]()
     if args.cases:
         cases = [c for c in cases if any(s in c.name for s in args.cases)]
 
@@ -167,30 +211,46 @@ def main(argv: list[str] | None = None) -> Path:
     for model in sorted({c.model for c in cases}):
         print(f"[setup] assets for {model}", flush=True)
         assets.build(CACHE, model, assets.DataSpec())
-    pythons = {"ours": Path(sys.executable)}
+    peer_paths = dict(p.split("=", 1) for p in args.peer_path)
+    pythons: dict[str, Python] = {"ours": (Path(sys.executable), None)}
     for env in sorted({s.env for c in cases for s in c.sides} - {"ours"}):
-        pythons[env] = envs.ensure(VENVS, env, suite.ENVS[env])
+        if env in peer_paths:
+            pythons[env] = (Path(sys.executable), peer_paths[env])
+        else:
+            pythons[env] = (envs.ensure(VENVS, env, suite.ENVS[env]), None)
 
-    runs, peaks = run_rounds(cases, pythons, args.threads, repeats)
-    info["load_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    results = {
-        "date": datetime.date.today().isoformat(),
-        "command": " ".join(["benchmarks/run.py", *map(shlex.quote, argv or sys.argv[1:])]),
-        "machine": info,
-        "threads": args.threads,
-        "repeats": repeats,
-        "peak_gflops": peak_spread(peaks),
-        "peak_runs": peaks,
-        "cases": [summarize(c, runs[c.name], args.threads) for c in cases],
-    }
-    RESULTS.mkdir(exist_ok=True)
-    slug = "-".join(info["cpu"].lower().replace("(r)", "").replace("(tm)", "").split()[:4])
+    command = " ".join(["benchmarks/run.py", *map(shlex.quote, argv or sys.argv[1:])])
+    if args.device == "cuda":
+        name = "gpu-" + "-".join(info.get("gpu", "cuda").lower().split())
+    else:
+        cpu = info["cpu"].lower().replace("(r)", "").replace("(tm)", "")
+        name = f"cpu{info['cores']}-" + "-".join(cpu.split()[:4])
     kind = "-quick" if args.quick else "-partial" if args.cases else ""
-    path = RESULTS / f"cpu{info['cores']}-{slug}-{results['date']}-{args.threads}t{kind}.json"
-    path.write_text(json.dumps(results, indent=1))
-    table = report.markdown(results)
-    (RESULTS / ("latest-partial.md" if kind else "latest.md")).write_text(table)
-    print(table)
+    date = datetime.date.today().isoformat()
+    path = args.results / f"{name}-{date}-{args.threads}t{kind}.json"
+    table_path = args.results / (
+        "latest-gpu.md" if args.device == "cuda" else "latest-partial.md" if kind else "latest.md"
+    )
+
+    def write(runs, peaks) -> None:
+        info["load_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+        results = {
+            "date": date,
+            "command": command,
+            "machine": info,
+            "device": args.device,
+            "threads": args.threads,
+            "repeats": len(peaks),
+            "peak_gflops": peak_spread(peaks),
+            "peak_runs": peaks,
+            "cases": [summarize(c, runs[c.name], args.threads, args.device) for c in cases],
+        }
+        args.results.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=1))
+        table_path.write_text(report.markdown(results))
+
+    runs, peaks = run_rounds(cases, pythons, args.threads, repeats, args.device, write)
+    print(table_path.read_text())
     print(f"results: {path}")
     return path
 

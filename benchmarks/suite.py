@@ -60,13 +60,9 @@ class Case:
     ppo: dict[str, Any] | None = None
     precision: str = "32-true"  # Lightning's name; "bf16-mixed" is bf16 autocast on every side
 
-    @property
-    def fused_adamw(self) -> bool:
-        """Fused AdamW on every side, except under bf16-mixed, where Lightning refuses gradient
-        clipping with a fused optimiser (its check is meant for fp16's gradient scaler)."""
-        return self.precision != "bf16-mixed"
-
-    def config(self, side: Side, root: str, threads: int, seed: int = 0) -> dict[str, Any]:
+    def config(
+        self, side: Side, root: str, threads: int, seed: int = 0, device: str = "cpu"
+    ) -> dict[str, Any]:
         """The JSON a worker reads: paths, settings, then the side's overrides."""
         model_dir = f"{root}/{self.model}/{'policy' if self.stage == 'ppo' else 'lm'}"
         return {
@@ -83,10 +79,11 @@ class Case:
             "steps": self.steps,
             "lr": self.lr,
             "threads": threads,
+            "device": device,
             "seed": seed,
             "ppo": self.ppo,
             "precision": self.precision,
-            "fused": self.fused_adamw,
+            "fused": True,  # fused AdamW on every side (transformers' default since torch 2.8)
             **side.overrides,
         }
 
@@ -196,6 +193,75 @@ def full() -> list[Case]:
                 ),
             )
             for model in ("llama-25m", "llama-5m")
+        ),
+    ]
+
+
+def gpu() -> list[Case]:
+    """The GPU suite: a 503M-parameter Llama (28 × 1024, 32k vocabulary) under bf16 autocast on
+    every side, batches four times the CPU suite's (launch overhead would dominate smaller ones),
+    one warm-up step more (CUDA kernels are chosen on the first calls)."""
+    model, bf16 = "llama-500m", "bf16-mixed"
+    sft = {"batch_size": 32, "max_length": 256, "warmup": 2, "steps": 10, "precision": bf16}
+    return [
+        Case(
+            f"sft-{model}-fixed-bf16",
+            "sft",
+            model,
+            "sft_fixed.jsonl",
+            (OURS_SFT, TRL_SFT, RAW_SFT),
+            ratios=(Ratio("ours", "trl", 1.0), Ratio("ours", "raw", 0.95)),
+            **sft,
+        ),
+        Case(
+            f"sft-{model}-var-bf16",
+            "sft",
+            model,
+            "sft_var.jsonl",
+            (
+                OURS_SFT,
+                TRL_SFT,
+                Side("ours-packed", "ours_sft", "ours", {"packing": True, "batch_size": 16}),
+                Side(
+                    "trl-padding-free",
+                    "trl_sft",
+                    "trl-latest",
+                    {"padding_free": True, "max_length": None},
+                ),
+            ),
+            ratios=(Ratio("ours", "trl", 1.0), Ratio("ours-packed", "trl-padding-free", 1.3)),
+            **sft,
+        ),
+        Case(
+            f"reward-{model}-var-bf16",
+            "reward",
+            model,
+            "pref_var.jsonl",
+            (
+                Side("ours", "ours_reward", "ours"),
+                Side("trl", "trl_reward", "trl-latest"),
+                Side("ours-padding-free", "ours_reward", "ours", {"padding_free": True}),
+            ),
+            ratios=(Ratio("ours", "trl", 1.0), Ratio("ours-padding-free", "trl", 1.3)),
+            **sft,
+        ),
+        Case(
+            f"ppo-{model}-bf16",
+            "ppo",
+            model,
+            "prompts.jsonl",
+            (Side("ours", "ours_ppo", "ours"), Side("trl", "trl_ppo", "trl-0.29.1")),
+            batch_size=64,
+            max_length=32,
+            warmup=1,
+            steps=3,
+            lr=1e-5,
+            ppo=PPO,
+            precision=bf16,
+            ratios=(
+                Ratio("ours", "trl", 1.5),
+                Ratio("ours", "trl", 1.0, at_most=True, memory=True),
+            ),
         ),
     ]
 

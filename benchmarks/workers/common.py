@@ -25,8 +25,20 @@ import torch
 CONFIG: dict[str, Any] = json.loads(Path(sys.argv[1]).read_text()) if len(sys.argv) > 1 else {}
 torch.set_num_threads(int(CONFIG.get("threads", torch.get_num_threads())))
 torch.manual_seed(int(CONFIG.get("seed", 0)))
+DEVICE = CONFIG.get("device", "cpu")  # "cuda": memory is the GPU's, clocks wait for its queue
 
 _BASELINE_MB: list[float] = []
+
+
+def sync() -> None:
+    """Wait for queued GPU work, so that a clock read after it counts the work (no-op on CPU)."""
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def cuda_allocated_mb(peak: bool = False) -> float:
+    fn = torch.cuda.max_memory_allocated if peak else torch.cuda.memory_allocated
+    return fn() / 2**20
 
 
 def peak_rss_mb() -> float:
@@ -35,8 +47,9 @@ def peak_rss_mb() -> float:
 
 
 def baseline() -> None:
-    """Record the memory high-water mark after the imports: peaks are reported above it."""
-    _BASELINE_MB.append(peak_rss_mb())
+    """Record the memory high-water mark after the imports: peaks are reported above it (on
+    CUDA: the GPU memory allocated by torch, zero after the imports)."""
+    _BASELINE_MB.append(cuda_allocated_mb() if DEVICE == "cuda" else peak_rss_mb())
 
 
 class StepClock:
@@ -47,6 +60,7 @@ class StepClock:
         self.start = time.perf_counter()
 
     def mark(self) -> None:
+        sync()
         self.ends.append(time.perf_counter())
 
     def durations(self) -> list[float]:
@@ -95,21 +109,23 @@ def result(clock: StepClock, **extra: Any) -> None:
         with contextlib.suppress(md.PackageNotFoundError):
             versions[pkg] = md.version(pkg)
     base = _BASELINE_MB[0] if _BASELINE_MB else 0.0
+    peak = cuda_allocated_mb(peak=True) if DEVICE == "cuda" else peak_rss_mb()
     out = {
         "config": CONFIG,
         "durations": clock.durations(),
         "warmup": CONFIG["warmup"],
         "peak_rss_mb": peak_rss_mb(),
-        "baseline_rss_mb": base,
-        "peak_above_baseline_mb": peak_rss_mb() - base,
+        "baseline_mb": base,
+        "peak_above_baseline_mb": peak - base,
+        "memory": "cuda max_memory_allocated" if DEVICE == "cuda" else "resident (RSS)",
         "threads": torch.get_num_threads(),
         "versions": versions,
         "python": sys.version.split()[0],
         "pid": os.getpid(),
         **extra,
     }
-    if torch.cuda.is_available():
-        out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    if DEVICE == "cuda":
+        out["gpu"] = torch.cuda.get_device_name()
     Path(sys.argv[2]).write_text(json.dumps(out, indent=1))
 
 
@@ -137,8 +153,10 @@ class PPOProbe:
         """``fn`` wrapped; ``width_and_tokens(args, kwargs, out) -> (rows, width, tokens)``."""
 
         def wrapped(*args, **kwargs):
+            sync()
             start = time.perf_counter()
             out = fn(*args, **kwargs)
+            sync()
             self._gen = [self._gen[0] or start, time.perf_counter()]
             rows, width, tokens = width_and_tokens(args, kwargs, out)
             self._cur["episodes"] += rows
@@ -151,6 +169,7 @@ class PPOProbe:
     def watch_update(self, module: torch.nn.Module) -> None:
         def hook(mod, args, kwargs):
             if torch.is_grad_enabled() and self._update_start is None and self._gen[1]:
+                sync()
                 self._update_start = time.perf_counter()
 
         module.register_forward_pre_hook(hook, with_kwargs=True)
@@ -162,6 +181,7 @@ class PPOProbe:
         optimizer.register_step_post_hook(hook)
 
     def end_iteration(self) -> None:
+        sync()
         end = time.perf_counter()
         gen_start, gen_end = self._gen
         update_start = self._update_start or end

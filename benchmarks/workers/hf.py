@@ -29,7 +29,7 @@ def pinned(config_cls, **kwargs):
     constant learning rate, clipping at 1.0, no evaluation, checkpoints or reports."""
     import tempfile
 
-    from common import CONFIG
+    from common import CONFIG, DEVICE
 
     return config_cls(
         output_dir=tempfile.mkdtemp(prefix="trl-"),
@@ -47,7 +47,7 @@ def pinned(config_cls, **kwargs):
         save_strategy="no",
         eval_strategy="no",
         report_to=[],
-        use_cpu=True,
+        use_cpu=DEVICE == "cpu",
         dataloader_num_workers=0,
         seed=CONFIG["seed"],
         disable_tqdm=True,

@@ -1,10 +1,10 @@
 """Our side's shared pieces: a Lightning callback that marks step ends and counts tokens, and the
-Trainer every one of our workers runs (CPU, no logger, no checkpoints, no validation)."""
+Trainer every one of our workers runs (one CPU or GPU, no logger, no checkpoints, no validation)."""
 
 from __future__ import annotations
 
 import torch
-from common import CONFIG, PPOProbe, StepClock, TokenCounter
+from common import CONFIG, DEVICE, PPOProbe, StepClock, TokenCounter
 from lightning import Callback, Trainer
 
 
@@ -35,7 +35,7 @@ class StepCallback(Callback):
 def adamw(params) -> torch.optim.Optimizer:
     """torch AdamW at the benchmark's lr, no weight decay: the optimiser every side uses, with the
     fused kernel (TRL's default, ``adamw_torch_fused``, since torch 2.8) unless the case turns it
-    off (``fused: false``: Lightning refuses gradient clipping with a fused optimiser under
+    off (``fused: false``; our stages clip gradients themselves, so a fused optimiser also works under
     ``bf16-mixed``)."""
     fused = CONFIG.get("fused", True)
     return torch.optim.AdamW(params, lr=CONFIG["lr"], weight_decay=0.0, fused=fused)
@@ -45,7 +45,7 @@ def trainer(
     callbacks: list[Callback], max_steps: int, clip: float | None = 1.0, **extra
 ) -> Trainer:
     return Trainer(
-        accelerator="cpu",
+        accelerator="gpu" if DEVICE == "cuda" else "cpu",
         devices=1,
         precision=CONFIG.get("precision", "32-true"),
         max_steps=max_steps,

@@ -13,16 +13,20 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import CONFIG, StepClock, TokenCounter, baseline, matmul_params, result
+from common import CONFIG, DEVICE, StepClock, TokenCounter, baseline, matmul_params, result
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 baseline()
 cfg = CONFIG
 
 tokenizer = AutoTokenizer.from_pretrained(cfg["model_dir"])
-model = AutoModelForCausalLM.from_pretrained(
-    cfg["model_dir"], dtype=torch.float32, attn_implementation="sdpa"
-).train()
+model = (
+    AutoModelForCausalLM.from_pretrained(
+        cfg["model_dir"], dtype=torch.float32, attn_implementation="sdpa"
+    )
+    .to(DEVICE)
+    .train()
+)
 rows = [json.loads(line) for line in Path(cfg["data"]).read_text().splitlines()]
 examples = []
 for row in rows:
@@ -50,7 +54,7 @@ def batches():
                     torch.tensor(y),
                     1,
                 )
-            yield ids, mask, labels
+            yield ids.to(DEVICE), mask.to(DEVICE), labels.to(DEVICE)
 
 
 fused = cfg.get("fused", True)
@@ -61,7 +65,7 @@ clock = StepClock()
 data = batches()
 for _ in range(cfg["warmup"] + cfg["steps"]):
     ids, mask, labels = next(data)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=bf16):
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # (B, T, V)
     loss = F.cross_entropy(
         logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100

@@ -5,7 +5,8 @@ reward and value model from the reward model directory. Settings matched to ours
 ``per_device_train_batch_size`` prompts with no gradient accumulation (so every minibatch is one
 optimizer step, as in ours), one forward chunk for the whole rollout, temperature 1, no stop token
 (responses run to ``response_length``; the policy's generation config also suppresses EOS), fixed β
-with the k1 estimator, fused AdamW, fp32, gradient checkpointing off, no sample generations, no
+with the k1 estimator, fused AdamW and fp32 (or bf16 autocast and the for-loop AdamW, as the
+case says), gradient checkpointing off, no sample generations, no
 checkpoints.
 """
 
@@ -16,7 +17,7 @@ import tempfile
 import datasets
 import torch
 import trl.experimental.ppo.ppo_trainer as ppo_trainer
-from common import CONFIG, PPOProbe, baseline, matmul_params, result
+from common import CONFIG, DEVICE, PPOProbe, baseline, matmul_params, result
 from hf import StepCallback
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 from trl.experimental.ppo import PPOConfig, PPOTrainer
@@ -82,13 +83,13 @@ args = PPOConfig(
     learning_rate=cfg["lr"],
     lr_scheduler_type="constant",
     weight_decay=0.0,
-    optim="adamw_torch_fused",
-    bf16=False,
+    optim="adamw_torch_fused" if cfg.get("fused", True) else "adamw_torch",
+    bf16=cfg.get("precision") == "bf16-mixed",
     fp16=False,
     gradient_checkpointing=False,
     save_strategy="no",
     report_to=[],
-    use_cpu=True,
+    use_cpu=DEVICE == "cpu",
     seed=cfg["seed"],
     disable_tqdm=True,
 )

@@ -95,14 +95,64 @@ class StageModule(LightningModule):
         rank_zero_warn(f"{message}; step skipped")
         return False
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # a finite loss can still give an infinite gradient; clipping would turn it into NaN
-        # weights. Under a GradScaler (fp16) infinite gradients are expected: it skips the step.
-        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
-            return
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
-        norms = [torch.linalg.vector_norm(g) for g in grads if g is not None]
-        if norms and not torch.isfinite(torch.stack(norms).sum()):
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """The Trainer's ``gradient_clip_val`` (automatic optimisation): the gradients' norm is
+        checked for NaN/Inf and clipped in one pass (:meth:`clip_and_check_gradients`)."""
+        if self._lightning_clips():
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        elif gradient_clip_algorithm in (None, "norm"):
+            self.clip_and_check_gradients(optimizer, gradient_clip_val)
+        else:  # "value": check, then clamp each element
+            self.clip_and_check_gradients(optimizer, None)
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+
+    def _lightning_clips(self) -> bool:
+        """Lightning's own clipping where gradients are not plain local tensors: fp16's scaled
+        gradients (the scaler skips steps with Inf, which is expected there) and DeepSpeed (the
+        engine owns its partitioned gradients and clips them itself)."""
+        from lightning.pytorch.strategies import DeepSpeedStrategy
+
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        return scaler is not None or isinstance(self.trainer.strategy, DeepSpeedStrategy)
+
+    def clip_and_check_gradients(
+        self, optimizer: torch.optim.Optimizer, max_norm: float | None
+    ) -> torch.Tensor:
+        """The global L2 norm of the gradients, computed once: NaN or Inf raises before the
+        optimizer step (clipping would turn it into NaN weights), otherwise the gradients are
+        scaled to at most ``max_norm`` (None: not clipped). Returns the norm before clipping.
+
+        Under FSDP the norm is the FSDP root's, over every rank's shards; under DDP the local
+        gradients are already all-reduced. Unlike Lightning's clipping this allows fused
+        optimisers under bf16-mixed (Lightning refuses them there, a check meant for fp16's
+        gradient scaler) and FSDP's norm clipping, which Lightning does not offer.
+        """
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if isinstance(self.trainer.strategy, FSDPStrategy):
+            # FSDP's own clip_grad_norm_ reduces the norm across ranks; max_norm=inf only measures
+            norm = self.trainer.strategy.model.clip_grad_norm_(max_norm or float("inf"))
+            self._raise_if_nonfinite_gradient(norm)
+            return norm
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        params = [p for p in params if p.grad is not None]
+        if not params:
+            return torch.zeros(())
+        # one fused pass over the gradients for the norm, one to scale them
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        self._raise_if_nonfinite_gradient(norm)
+        if max_norm is not None:
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
+        return norm
+
+    def _raise_if_nonfinite_gradient(self, norm: torch.Tensor) -> None:
+        if not torch.isfinite(norm):
             raise FloatingPointError(
                 f"non-finite gradient at step {self.global_step}: the optimizer step was not "
                 "taken; the last checkpoint is the last good state"

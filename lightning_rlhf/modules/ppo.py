@@ -404,10 +404,11 @@ class PPOModule(PolicyModule):
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0.0) + value.item()
             done += 1
-        if self.ppo.max_grad_norm is not None:
-            self.clip_gradients(
-                opt, gradient_clip_val=self.ppo.max_grad_norm, gradient_clip_algorithm="norm"
-            )
+        if self._lightning_clips():
+            if self.ppo.max_grad_norm is not None:
+                self.clip_gradients(opt, self.ppo.max_grad_norm, "norm")
+        else:
+            self.clip_and_check_gradients(opt, self.ppo.max_grad_norm)
         opt.step()
         opt.zero_grad()
         self.lr_schedulers().step()
