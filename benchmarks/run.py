@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> Path:
     else:
         cpu = info["cpu"].lower().replace("(r)", "").replace("(tm)", "")
         name = f"cpu{info['cores']}-" + "-".join(cpu.split()[:4])
-    kind = "-quick" if args.quick else "-partial" if args.cases else ""
+    kind = "-quick" if args.quick else "-" + "+".join(args.cases) if args.cases else ""
     date = datetime.date.today().isoformat()
     path = args.results / f"{name}-{date}-{args.threads}t{kind}.json"
     table_path = args.results / (
