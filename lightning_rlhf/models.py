@@ -194,10 +194,10 @@ def _has_safetensors(name_or_path: str) -> bool | None:
     return True
 
 
-def _apply_lora(model: nn.Module, lora: LoraOptions, task_type: str, modules_to_save=None):
-    from peft import LoraConfig, get_peft_model
+def lora_config(lora: LoraOptions, task_type: str, modules_to_save=None):
+    from peft import LoraConfig
 
-    config = LoraConfig(
+    return LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
@@ -205,7 +205,12 @@ def _apply_lora(model: nn.Module, lora: LoraOptions, task_type: str, modules_to_
         task_type=task_type,
         modules_to_save=modules_to_save,
     )
-    return get_peft_model(model, config)
+
+
+def _apply_lora(model: nn.Module, lora: LoraOptions, task_type: str, modules_to_save=None):
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(lora, task_type, modules_to_save))
 
 
 def load_causal_lm(name_or_path: str, options: ModelOptions | None = None) -> nn.Module:
@@ -278,8 +283,10 @@ def export_hf(
         import copy
 
         model = copy.deepcopy(model).merge_and_unload()
+    # a PeftModel holding further adapters (PPO's critic) exports its active one: the policy's
+    selected = {"selected_adapters": [model.active_adapter]} if isinstance(model, PeftModel) else {}
     with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, **selected)
         tokenizer.save_pretrained(tmp)
         for name, payload in (extra_json or {}).items():
             (tmp / name).write_text(json.dumps(payload, indent=2) + "\n")

@@ -39,9 +39,11 @@ from lightning_rlhf.advantages import (
 )
 from lightning_rlhf.losses import entropy_from_logits, ppo_policy_loss, token_logprobs, value_loss
 from lightning_rlhf.models import (
+    LoraOptions,
     ModelOptions,
     check_same_tokenizer,
     load_scalar_model,
+    lora_config,
     token_scalars,
 )
 from lightning_rlhf.modules.policy import PolicyModule
@@ -130,6 +132,10 @@ class PPOModule(PolicyModule):
         critic_name_or_path: the value model's initialisation (the reward model export by
             default); None puts a value head on the policy's trunk instead. Only estimators that
             need a critic (``GAE``) load one.
+        critic_lora: with a LoRA policy (``model.lora``), the critic is a second LoRA adapter of
+            these options on the policy's base model, with its own value head: policy, reference
+            and critic share one base model in memory, and the critic's gradients do not touch
+            the policy's adapter. ``critic_name_or_path`` is then not read.
         model: loading options of the policy (dtype, attention, checkpointing, LoRA, remote code).
         optimizer: optimiser factory, given the policy's and the critic's parameters.
         schedule: learning-rate warm-up and decay over optimizer steps.
@@ -159,6 +165,7 @@ class PPOModule(PolicyModule):
         ref_model_name_or_path: str | None = None,
         reward: RewardFunction | None = None,
         critic_name_or_path: str | None = "artifacts/rm",
+        critic_lora: LoraOptions | None = None,
         model: ModelOptions = ModelOptions(),
         optimizer: OptimizerCallable = ppo_adamw,
         schedule: ScheduleOptions = ScheduleOptions(warmup_steps=10, decay="constant"),
@@ -196,6 +203,7 @@ class PPOModule(PolicyModule):
         self.ref_model_name_or_path = ref_model_name_or_path
         self.reward = reward if reward is not None else RewardModel("artifacts/rm")
         self.critic_name_or_path = critic_name_or_path
+        self.critic_lora = critic_lora
         self.sampling = sampling
         self.ppo = ppo
         self.advantage = advantage
@@ -219,7 +227,9 @@ class PPOModule(PolicyModule):
         self._ref = self.load_reference(self.ref_model_name_or_path)
         if not self.advantage.needs_critic:
             return
-        if self._critic_path is not None:
+        if self.critic_lora is not None:
+            self._add_critic_adapter()
+        elif self._critic_path is not None:
             trust = self.model_options.trust_remote_code  # the critic reads the policy's token ids
             check_same_tokenizer(self.model_name_or_path, self._critic_path, "critic", trust)
             options = replace(self.model_options, extra={})  # extra kwargs are the causal LM's
@@ -232,7 +242,49 @@ class PPOModule(PolicyModule):
 
     @property
     def _critic_path(self) -> str | None:
-        return self.critic_name_or_path if self.advantage.needs_critic else None
+        if self.critic_lora is not None or not self.advantage.needs_critic:
+            return None
+        return self.critic_name_or_path
+
+    CRITIC_ADAPTER = "critic"
+
+    def _add_critic_adapter(self) -> None:
+        from peft import PeftModel
+
+        if not isinstance(self.model, PeftModel):
+            raise ValueError(
+                "model.critic_lora puts the critic on the policy's base model as a second LoRA "
+                "adapter: it needs a LoRA policy (set model.model.lora), or leave critic_lora "
+                "unset for a critic of its own (critic_name_or_path)"
+            )
+        self.model.add_adapter(self.CRITIC_ADAPTER, lora_config(self.critic_lora, "CAUSAL_LM"))
+        self._train_all_adapters()  # add_adapter leaves the new adapter frozen
+        self.value_head = nn.Linear(self.model.config.hidden_size, 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    def _train_all_adapters(self) -> None:
+        # peft's set_adapter freezes every adapter but the active one; both are trained here, and
+        # a tensor frozen between its forward and the backward would receive no gradient
+        for name, p in self.model.named_parameters():
+            if "lora_" in name:
+                p.requires_grad_(True)
+
+    @contextlib.contextmanager
+    def _critic_active(self):
+        """The policy's LoRA layers run the critic's adapter instead of the policy's."""
+        policy = self.model.active_adapter
+        self.model.set_adapter(self.CRITIC_ADAPTER)
+        try:
+            yield
+        finally:
+            self.model.set_adapter(policy)
+            self._train_all_adapters()
+
+    @property
+    def _value_head_on_policy(self) -> bool:
+        """The value head reads the policy's own trunk (no separate critic forward)."""
+        return self.value_head is not None and self.critic_lora is None
 
     def _check_context(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -286,6 +338,16 @@ class PPOModule(PolicyModule):
 
     def _values(self, r, idx, states: Tensor | None) -> Tensor | None:
         """(b, R) value of the state before each response token; None without a critic."""
+        if self.value_head is not None and self.critic_lora is not None:
+            ids, mask, positions = self._sequence(r, idx)
+            resp_len = r.response_ids.shape[1]
+            with self._critic_active():
+                base = self.model.get_base_model()  # the causal LM, the adapters injected
+                trunk = getattr(base, base.base_model_prefix)
+                hidden = trunk(
+                    input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
+                ).last_hidden_state  # (b, P + R, H); the LM head is not run
+            states = hidden[:, -resp_len - 1 : -1]
         if self.value_head is not None:
             return self.value_head(states).squeeze(-1).float()
         if self.critic is None:
@@ -329,7 +391,7 @@ class PPOModule(PolicyModule):
         was_training = self.model.training
         self.model.eval()  # no dropout in π_old: the ratio starts at exactly 1
         logits, states = self._policy_outputs(
-            self.model, partial, slice(None), hidden=self.value_head is not None
+            self.model, partial, slice(None), hidden=self._value_head_on_policy
         )
         logprobs = token_logprobs(logits, response_ids)
         ref_logprobs = token_logprobs(self._ref_logits(partial, slice(None)), response_ids)
@@ -364,9 +426,7 @@ class PPOModule(PolicyModule):
     # ----------------------------------------------------------------------------- update
     def _loss(self, r: Rollout, idx: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         mask = r.response_mask[idx].float()
-        logits, states = self._policy_outputs(
-            self.model, r, idx, hidden=self.value_head is not None
-        )
+        logits, states = self._policy_outputs(self.model, r, idx, hidden=self._value_head_on_policy)
         logprobs = token_logprobs(logits, r.response_ids[idx])
         pg_loss, stats = ppo_policy_loss(
             logprobs, r.logprobs[idx], r.advantages[idx], mask, self.ppo.clip_range

@@ -522,3 +522,69 @@ def test_nan_reward_skips_the_iteration_under_skip(tiny_model_dir, task_dir, tmp
     assert step0 == 0 and all(torch.equal(initial[k], after_skip[k]) for k in initial)
     assert step1 == 4 and any(not torch.equal(initial[k], after_train[k]) for k in initial)
     assert logger.series("train/reward") == [pytest.approx(0.5)]  # only the trained iteration
+
+
+# ------------------------------------------------------------------------------- critic adapter
+def lora_critic_module(tiny_model_dir, **kwargs):
+    lora = LoraOptions(r=4)
+    return ppo_module(
+        tiny_model_dir, AsciiFraction(), model=ModelOptions(lora=lora), critic_lora=lora, **kwargs
+    )
+
+
+def test_critic_adapter_needs_a_lora_policy(tiny_model_dir):
+    module = ppo_module(tiny_model_dir, _Const([0.0]), critic_lora=LoraOptions(r=4))
+    with pytest.raises(ValueError, match="critic_lora .* needs a LoRA policy"):
+        module.configure_model()
+
+
+def test_critic_adapter_shares_the_base_and_both_adapters_learn(tiny_model_dir, task_dir, tmp_path):
+    """Policy, reference and critic on one base model: the base stays frozen, the policy's and
+    the critic's adapters and the value head all move, and the value loss falls."""
+    L.seed_everything(0)
+    module = lora_critic_module(tiny_model_dir, lr=1e-2, critic_name_or_path="never/read")
+    module.configure_model()
+    plain = ppo_module(tiny_model_dir, _Const([0.0]), model=ModelOptions(lora=LoraOptions(r=4)))
+    plain.configure_model()
+    base = {k for k in module.state_dict() if "lora_" not in k and k.startswith("model.")}
+    assert module.critic is None and module._ref == [] and module.value_head is not None
+    assert base == {k for k in plain.state_dict() if "lora_" not in k and k.startswith("model.")}
+    before = params(module)
+    logger = MemoryLogger(tmp_path)
+    trainer(tmp_path, 12, logger=logger).fit(module, prompt_data(task_dir, tiny_model_dir))
+    after = params(module)
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert not moved & base  # the shared base model is frozen
+    for part in (".lora_B.default.", ".lora_B.critic.", "value_head."):
+        assert any(part in k for k in moved), part
+    value_loss = logger.series("train/value_loss")
+    assert len(value_loss) == 12 and sum(value_loss[-3:]) < sum(value_loss[:3]), value_loss
+    assert module.model.active_adapter == "default"
+
+
+def test_critic_adapter_leaves_the_policy_and_its_export_alone(tiny_model_dir, tmp_path):
+    """The critic's adapter runs only inside the value forward; the export is the policy alone."""
+    module = lora_critic_module(tiny_model_dir)
+    module.configure_model()
+    torch.manual_seed(0)
+    with torch.no_grad():  # trained adapters, different for policy and critic
+        for name, p in module.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    r = _partial_rollout(module, ["12+34=", "rev abcd="], ["46", "dcba"])
+    module.model.eval()
+    with torch.no_grad():
+        policy = module._policy_outputs(module.model, r, slice(None))[0]
+        module._values(r, slice(None), None)  # switches to the critic's adapter and back
+        again = module._policy_outputs(module.model, r, slice(None))[0]
+        with module._critic_active():
+            as_critic = module._policy_outputs(module.model, r, slice(None))[0]
+    torch.testing.assert_close(again, policy)
+    assert (as_critic - policy).abs().max() > 1e-2
+    assert all(p.requires_grad for n, p in module.model.named_parameters() if "lora_" in n)
+    module.export(tmp_path / "policy")
+    exported = load_causal_lm(str(tmp_path / "policy")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            module._policy_outputs(exported, r, slice(None))[0], policy, atol=1e-4, rtol=1e-4
+        )
