@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 
 import torch
 
 from lightning_rlhf.types import LMBatch, PreferenceBatch, PromptBatch
+
+
+def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Indices of ``lengths`` grouped into rows whose lengths sum to at most ``capacity``: longest
+    first, each into the fullest row it still fits (a new row when none has room; a length above
+    ``capacity`` gets a row of its own). O(n log n) searches: the rows' free room is kept sorted.
+    """
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (room left, row index), ascending
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        k = bisect.bisect_left(free, (lengths[i], -1))  # the least room that still fits
+        if k < len(free):
+            room, r = free.pop(k)
+        else:
+            room, r = capacity, len(rows)
+            rows.append([])
+        rows[r].append(i)
+        if room - lengths[i] > 0:
+            bisect.insort(free, (room - lengths[i], r))
+    return rows
 
 
 def pad(seqs: Sequence[Sequence[int]], value: int, side: str = "right") -> torch.Tensor:

@@ -9,7 +9,7 @@ from typing import Literal
 from torch.utils.data import DataLoader
 
 from lightning_rlhf.data.base import TextDataModule
-from lightning_rlhf.data.collate import collate_lm, collate_prompts
+from lightning_rlhf.data.collate import best_fit_decreasing, collate_lm, collate_prompts
 from lightning_rlhf.data.load import require_columns
 from lightning_rlhf.data.text import (
     encode_completion,
@@ -34,23 +34,24 @@ def row_to_text(
 
 
 def pack(examples: list[dict], max_length: int) -> list[dict]:
-    """Concatenate examples into rows of at most ``max_length`` tokens (greedy, in order).
+    """Examples concatenated into rows of at most ``max_length`` tokens, best-fit decreasing (rows
+    nearly full: fewer rows, less padding than packing greedily in data order).
 
     ``position_ids`` restart at 0 for each example: transformers reads them to keep attention
     within each example (no cross-contamination) when the batch carries no attention mask padding.
     """
-    rows: list[dict] = []
-    cur: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
-    for e in examples:
-        if cur["input_ids"] and len(cur["input_ids"]) + len(e["input_ids"]) > max_length:
-            rows.append(cur)
-            cur = {"input_ids": [], "labels": [], "position_ids": []}
-        cur["input_ids"] += e["input_ids"]
-        cur["labels"] += e["labels"]
-        cur["position_ids"] += list(range(len(e["input_ids"])))
-    if cur["input_ids"]:
-        rows.append(cur)
-    return rows
+    rows = best_fit_decreasing([len(e["input_ids"]) for e in examples], max_length)
+    packed = []
+    for row in rows:
+        members = [examples[i] for i in row]
+        packed.append(
+            {
+                "input_ids": [t for e in members for t in e["input_ids"]],
+                "labels": [t for e in members for t in e["labels"]],
+                "position_ids": [t for e in members for t in range(len(e["input_ids"]))],
+            }
+        )
+    return packed
 
 
 class SFTDataModule(TextDataModule):

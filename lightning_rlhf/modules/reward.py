@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import CatMetric, MeanMetric
 
+from lightning_rlhf.data.collate import best_fit_decreasing
 from lightning_rlhf.losses import bradley_terry_loss
 from lightning_rlhf.models import ModelOptions, load_scalar_model, sequence_scores, token_scalars
 from lightning_rlhf.modules.base import StageModule
@@ -19,24 +20,6 @@ from lightning_rlhf.types import PreferenceBatch
 def reward_adamw(params) -> torch.optim.Optimizer:
     """AdamW, lr 5e-4: a reward model starts from a trained LM and needs a gentler step than SFT."""
     return torch.optim.AdamW(params, lr=5e-4, weight_decay=0.0)
-
-
-def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
-    """Indices of ``lengths`` grouped into rows whose lengths sum to at most ``capacity``: longest
-    first, each into the fullest row it still fits (a new row when none has room)."""
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        fits = [r for r in range(len(rows)) if room[r] >= lengths[i]]
-        if fits:
-            r = min(fits, key=lambda r: room[r])
-        else:
-            rows.append([])
-            room.append(capacity)
-            r = len(rows) - 1
-        rows[r].append(i)
-        room[r] -= lengths[i]
-    return rows
 
 
 def pack_rows(lengths: list[int], width: int) -> list[list[int]]:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lightning_rlhf.data import SFTDataModule
-from lightning_rlhf.data.collate import collate_lm, collate_prompts, pad
+from lightning_rlhf.data.collate import best_fit_decreasing, collate_lm, collate_prompts, pad
 from lightning_rlhf.data.load import load_split
 from lightning_rlhf.data.sft import pack
 from lightning_rlhf.data.text import (
@@ -149,3 +149,41 @@ def test_packing_matches_unpacked_loss(tiny_model_dir):
     loss_padded, _ = completion_nll(lp[:, :-1], padded.labels[:, 1:])
     loss_packed, _ = completion_nll(lk[:, :-1], packed.labels[:, 1:])
     torch.testing.assert_close(loss_packed, loss_padded, rtol=1e-5, atol=1e-6)
+
+
+def _best_fit_by_scan(lengths, capacity):
+    """The definition, spelled out: longest first, each into the row with the least room left
+    that still fits it (the first such row on ties), else a new row."""
+    rows, room = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        fits = [r for r in range(len(rows)) if room[r] >= lengths[i]]
+        r = min(fits, key=lambda r: room[r]) if fits else len(rows)
+        if not fits:
+            rows.append([])
+            room.append(capacity)
+        rows[r].append(i)
+        room[r] -= lengths[i]
+    return rows
+
+
+def test_best_fit_decreasing_matches_its_definition():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(200):
+        capacity = rng.randint(4, 64)
+        lengths = [rng.randint(1, capacity + 8) for _ in range(rng.randint(0, 60))]  # some too long
+        assert best_fit_decreasing(lengths, capacity) == _best_fit_by_scan(lengths, capacity)
+
+
+def test_packing_fills_rows_best_fit_and_keeps_every_example_whole():
+    """6, 5, 5, 4 tokens into rows of 10: in data order (6 | 5 5 | 4) three rows, best fit two full
+    ones (6 4 | 5 5); each example's ids, labels and positions stay together."""
+    examples = [
+        {"input_ids": [k] * n, "labels": [-100] + [k] * (n - 1)} for k, n in enumerate((6, 5, 5, 4))
+    ]
+    rows = pack(examples, max_length=10)
+    assert [len(r["input_ids"]) for r in rows] == [10, 10]
+    assert rows[0]["input_ids"] == [0] * 6 + [3] * 4 and rows[1]["input_ids"] == [1] * 5 + [2] * 5
+    assert rows[0]["labels"] == [-100] + [0] * 5 + [-100] + [3] * 3
+    assert rows[0]["position_ids"] == [0, 1, 2, 3, 4, 5, 0, 1, 2, 3]

@@ -271,3 +271,30 @@ def test_full_texts_without_a_prompt_column_are_split_with_a_warning(
         dm = setup_dm(write_jsonl(tmp_path / "hh.jsonl", rows), tiny_model_dir)
     assert "no 'prompt' column" in caplog.text and "shared beginning" in caplog.text
     assert dm.train_set[0]["prompt"] == "Q: 1+1= A: "
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_padding_free_scores_equal_the_padded_ones(tiny_model_dir, side):
+    """Sequences packed into rows (position ids restarting, no padding) score as they do padded,
+    under either padding side, and gradients agree too."""
+    from lightning_rlhf.data.collate import pad
+    from lightning_rlhf.models import load_scalar_model, sequence_scores
+    from lightning_rlhf.modules.reward import packed_sequence_scores
+
+    torch.manual_seed(0)
+    model = load_scalar_model(tiny_model_dir, pad_token_id=0).eval()
+    with torch.no_grad():
+        model.score.weight.normal_(0, 1.0)
+    seqs = [list(range(3, 3 + n)) for n in (17, 5, 9, 12, 3, 20)]  # 66 tokens in 6 x 20 slots
+    ids = pad(seqs, 0, side=side)
+    mask = pad([[1] * len(s) for s in seqs], 0, side=side)
+    padded = sequence_scores(model, ids, mask)
+    packed = packed_sequence_scores(model, ids, mask, pad_id=0)
+    torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-5)
+    assert padded.std() > 1e-3  # distinct scores: a mix-up between sequences would show
+    grads = []
+    for scores in (sequence_scores, lambda *a: packed_sequence_scores(*a, pad_id=0)):
+        model.zero_grad()
+        scores(model, ids, mask).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)
