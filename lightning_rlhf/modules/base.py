@@ -105,12 +105,12 @@ class StageModule(LightningModule):
         checked for NaN/Inf and clipped in one pass (:meth:`clip_and_check_gradients`)."""
         if self._lightning_clips():
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        elif gradient_clip_algorithm in (None, "norm"):
-            self.clip_and_check_gradients(optimizer, gradient_clip_val)
-        else:  # "value": check, then clamp each element
+        elif gradient_clip_val and gradient_clip_algorithm == "value":  # check, then clamp each
             self.clip_and_check_gradients(optimizer, None)
             params = [p for group in optimizer.param_groups for p in group["params"]]
             torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            self.clip_and_check_gradients(optimizer, gradient_clip_val)
 
     def _lightning_clips(self) -> bool:
         """Lightning's own clipping where gradients are not plain local tensors: fp16's scaled

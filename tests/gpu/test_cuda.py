@@ -98,14 +98,15 @@ def rm(tmp_path_factory, sft, task_dir):
     return fit("reward", out, sft[1], task_dir / "pref", 60, "--model.schedule.warmup_steps", "10")
 
 
-def rl(stage, tmp_path_factory, sft, rm, task_dir, iterations, precision="bf16-mixed"):
+def rl(stage, tmp_path_factory, sft, rm, task_dir, iterations, *extra, precision="bf16-mixed"):
     """``iterations`` of the config's 4 PPO epochs x 1 minibatch: policy and reference the SFT
     export, reward (and, for PPO, critic) the reward model's export."""
     reward = plugin("lightning_rlhf.RewardModel", name_or_path=str(rm[1]))
     critic = ["--model.critic_name_or_path", str(rm[1])] if stage == "ppo" else []
     out = tmp_path_factory.mktemp(stage)
     return fit(stage, out, sft[1], task_dir / "prompts", 4 * iterations, *RL_ARGS, *critic,
-               "--model.reward", json.dumps(reward), val_every=iterations, precision=precision)  # fmt: skip
+               "--model.reward", json.dumps(reward), *extra, val_every=iterations,
+               precision=precision)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +180,18 @@ def test_ppo_with_bf16_weights(tmp_path_factory, sft, rm, task_dir):
     weights = load_file(export / "model.safetensors")
     assert {w.dtype for w in weights.values()} == {torch.bfloat16}  # bf16-true took effect
     assert_trained(export, sft[1])  # Adam's steps were not all lost to bf16 rounding
+
+
+def test_ppo_lora_policy_with_the_critic_as_its_second_adapter(tmp_path_factory, sft, rm, task_dir):
+    """One base model for policy, reference and critic, a fused AdamW under bf16-mixed (the
+    stages clip gradients themselves: Lightning's own clipping refuses fused optimisers there)."""
+    lora = json.dumps({"r": 8})
+    metrics, export = rl("ppo", tmp_path_factory, sft, rm, task_dir, 2,
+                         "--model.model.lora", lora, "--model.critic_lora", lora,
+                         "--model.optimizer.init_args.fused", "true")  # fmt: skip
+    assert_all_finite(metrics)
+    assert len(series(metrics, "train/value_loss")) == 2 and series(metrics, "train/policy_loss")
+    assert_trained(export, sft[1])  # the policy's adapter merged; the critic's left out
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

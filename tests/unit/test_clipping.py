@@ -88,3 +88,13 @@ def test_fused_adamw_with_clipping_under_bf16_mixed(tiny_model_dir, task_dir):
     trainer.fit(module, datamodule=data)
     assert trainer.global_step == 3
     assert any(not torch.equal(a, b) for a, b in zip(start, module.parameters()))
+
+
+def test_trainer_clipping_by_value_clamps_each_element(tiny_model_dir):
+    module, opt = module_with_grads(tiny_model_dir, scale=1.0)
+    module.configure_gradient_clipping(opt, gradient_clip_val=0.01, gradient_clip_algorithm="value")
+    grads = torch.cat([p.grad.flatten() for p in module.model.parameters()])
+    assert grads.abs().max() == pytest.approx(0.01)
+    next(module.model.parameters()).grad[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="non-finite gradient"):
+        module.configure_gradient_clipping(opt, 0.01, "value")
