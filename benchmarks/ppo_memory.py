@@ -1,11 +1,13 @@
-"""PPO with a LoRA policy: memory with the critic as a model of its own against the critic as a
-second LoRA adapter on the policy's base (``PPOModule(critic_lora=...)``).
+"""PPO with a LoRA policy: memory with the critic and the reward as models of their own, against
+them as further LoRA adapters on the policy's base (``critic_lora``, ``RewardAdapter``).
 
-    .venv/bin/python benchmarks/ppo_memory.py      # llama-25m, 2 iterations per layout (~2 min)
+    .venv/bin/python benchmarks/ppo_memory.py      # llama-25m, 2 iterations per layout (~1 min)
 
-Each layout runs in its own process (``--layout``): the policy is LoRA (r 8, all linear layers),
-the reference is the policy with its adapters off, the reward is the reward-model directory. Reported:
-parameters held by the module (policy + critic + value head; the reward model is the same in both),
+Each layout runs in its own process (``--layout``): the policy is LoRA (r 8, all linear layers) and
+the reference is the policy with its adapters off, in every layout. ``model``: critic and reward
+loaded from the reward-model directory; ``critic-adapter``: the critic an adapter, the reward a model;
+``adapters``: both adapters (the reward adapter is a LoRA reward model of the policy's base with
+random weights: memory does not depend on them). Reported: parameters held (module and reward),
 trainable parameters (AdamW keeps two more copies of each), and peak resident memory above the
 process's baseline after imports, over model loading and two PPO iterations of 16 episodes.
 """
@@ -23,6 +25,11 @@ from pathlib import Path
 import assets  # benchmarks/ is on sys.path: it holds this script
 
 HERE = Path(__file__).resolve().parent
+LAYOUTS = {
+    "model": "models of their own",
+    "critic-adapter": "critic an adapter, reward a model",
+    "adapters": "both adapters on the policy's base",
+}
 
 
 def peak_mb() -> float:
@@ -38,18 +45,22 @@ def run(layout: str, model: str) -> dict:
     from lightning_rlhf.data.prompts import PromptDataModule
     from lightning_rlhf.models import LoraOptions, ModelOptions
     from lightning_rlhf.modules.ppo import PPOModule, PPOOptions
-    from lightning_rlhf.rewards import RewardModel
+    from lightning_rlhf.rewards import RewardAdapter, RewardModel
     from lightning_rlhf.rollout import SamplingOptions
 
     baseline = max(baseline, peak_mb())
     torch.set_num_threads(1)
     root = assets.build(HERE / ".cache", model, assets.DataSpec())
     lora = LoraOptions(r=8)
+    if layout == "adapters":
+        reward = RewardAdapter(str(root / "rm-adapter"), normalize=False)
+    else:
+        reward = RewardModel(str(root / "rm"), normalize=False)
     module = PPOModule(
         str(root / "policy"),
-        reward=RewardModel(str(root / "rm"), normalize=False),
+        reward=reward,
         critic_name_or_path=str(root / "rm"),
-        critic_lora=lora if layout == "adapter" else None,
+        critic_lora=lora if layout != "model" else None,
         model=ModelOptions(lora=lora),
         optimizer=partial(torch.optim.AdamW, lr=1e-5, weight_decay=0.0),
         sampling=SamplingOptions(max_new_tokens=16),
@@ -67,6 +78,8 @@ def run(layout: str, model: str) -> dict:
         use_distributed_sampler=False,
     ).fit(module, datamodule=data)  # fmt: skip
     held = {id(p): p for p in module.parameters()}
+    reward_params = reward.model.parameters() if layout != "adapters" else reward.head.parameters()
+    held.update({id(p): p for p in reward_params})
     return {
         "layout": layout,
         "parameters_m": sum(p.numel() for p in held.values()) / 1e6,
@@ -75,24 +88,46 @@ def run(layout: str, model: str) -> dict:
     }
 
 
+def reward_adapter(root: Path) -> Path:
+    """A LoRA reward model of the policy's base (random weights: memory does not depend on them),
+    exported as the reward stage does with ``merge_on_export: false``."""
+    from lightning_rlhf.models import (
+        LoraOptions,
+        ModelOptions,
+        export_hf,
+        load_scalar_model,
+        load_tokenizer,
+    )
+
+    out, policy = root / "rm-adapter", str(root / "policy")
+    if not out.exists():
+        rm = load_scalar_model(policy, ModelOptions(lora=LoraOptions(r=8)), pad_token_id=0)
+        export_hf(rm, load_tokenizer(policy), out, merge_lora=False)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layout", choices=("model", "adapter"))
+    parser.add_argument("--layout", choices=LAYOUTS)
     parser.add_argument("--model", default="llama-25m", choices=sorted(assets.MODELS))
     args = parser.parse_args()
     if args.layout:
         print(json.dumps(run(args.layout, args.model)))
         return
+    root = assets.build(HERE / ".cache", args.model, assets.DataSpec())
+    reward_adapter(root)  # built here: the measured processes only load it
     rows = []
-    for layout in ("model", "adapter"):
+    for layout in LAYOUTS:
         cmd = [sys.executable, __file__, "--layout", layout, "--model", args.model]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
-    print(f"{args.model}, LoRA policy (r 8), reward model of its own in both layouts")
-    print("| critic | parameters held (M) | trainable (M) | peak memory above imports (MB) |")
+    print(f"{args.model}, LoRA policy (r 8), πref = the policy's adapters off")
+    print(
+        "| critic, reward | parameters held (M) | trainable (M) | peak memory above imports (MB) |"
+    )
     print("|---|---|---|---|")
     for r in rows:
-        name = "model of its own" if r["layout"] == "model" else "LoRA adapter on the policy's base"
+        name = LAYOUTS[r["layout"]]
         print(
             f"| {name} | {r['parameters_m']:.1f} | {r['trainable_m']:.2f} | "
             f"{r['peak_above_baseline_mb']:.0f} |"

@@ -19,6 +19,7 @@ _EXPORTS = {
     "DPOModule": "lightning_rlhf.modules.dpo",
     "PromptDataModule": "lightning_rlhf.data.prompts",
     "RewardModel": "lightning_rlhf.rewards",
+    "RewardAdapter": "lightning_rlhf.rewards",
     "WeightedSum": "lightning_rlhf.rewards",
     "RewardEnsemble": "lightning_rlhf.rewards",
     "GAE": "lightning_rlhf.advantages",

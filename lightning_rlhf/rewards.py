@@ -104,6 +104,135 @@ class RewardModel(RewardFunction):
         return ((torch.cat(out) - self.mean) / self.std).float().cpu()
 
 
+class RewardAdapter(RewardFunction):
+    """A reward model trained as a LoRA adapter of the policy's own base model, run on that base:
+    with a LoRA policy, the policy, πref, the critic (``critic_lora``) and the reward share one
+    base model in memory.
+
+    The directory is what the reward stage exports with ``model.lora.merge_on_export: false``
+    (``adapter_config.json``, the adapter's and the score head's weights, the tokenizer,
+    ``reward_stats.json``), trained from the same base directory as the policy. The RL stage loads
+    the adapter into its policy under the name ``reward`` (frozen) before training; each call
+    runs the policy's LoRA layers with it, scores at the last token as ``RewardModel`` does, and
+    switches back.
+
+    Args:
+        name_or_path: the reward model's adapter directory.
+        normalize: subtract the mean and divide by the std stored in ``reward_stats.json``.
+        batch_size: sequences per forward pass.
+    """
+
+    NAME = "reward"
+
+    def __init__(
+        self, name_or_path: str = "artifacts/rm", normalize: bool = True, batch_size: int = 256
+    ) -> None:
+        from lightning_rlhf.models import load_tokenizer
+
+        path = Path(name_or_path)
+        if not (path / "adapter_config.json").exists():
+            raise ValueError(
+                f"RewardAdapter needs a LoRA adapter directory (adapter_config.json) at "
+                f"'{name_or_path}': export the reward model with model.lora.merge_on_export: "
+                "false, or use RewardModel for a full model"
+            )
+        self.name_or_path = name_or_path
+        self.base = json.loads((path / "adapter_config.json").read_text())[
+            "base_model_name_or_path"
+        ]
+        self.tokenizer = load_tokenizer(name_or_path)
+        self.batch_size = batch_size
+        self.mean, self.std = 0.0, 1.0
+        stats = path / "reward_stats.json"
+        if normalize and stats.exists():
+            s = json.loads(stats.read_text())
+            self.mean, self.std = float(s["mean"]), max(float(s["std"]), 1e-6)
+        self.policy: torch.nn.Module | None = None
+        self.head: torch.nn.Linear | None = None
+
+    def attach(self, policy: torch.nn.Module, policy_base: str) -> None:
+        """Load the adapter into ``policy`` (a peft model of base ``policy_base``), frozen."""
+        from peft import LoraConfig, PeftModel, set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        if not isinstance(policy, PeftModel):
+            raise ValueError(
+                f"RewardAdapter('{self.name_or_path}') runs on the policy's base model: it needs "
+                "a LoRA policy (model.model.lora); use RewardModel otherwise"
+            )
+        if _same_place(self.base) != _same_place(policy_base):
+            raise ValueError(
+                f"RewardAdapter('{self.name_or_path}') was trained on base '{self.base}', the "
+                f"policy's base is '{policy_base}': an adapter only means something on its own base"
+            )
+        config = LoraConfig.from_pretrained(self.name_or_path)
+        config.task_type, config.modules_to_save = "CAUSAL_LM", None
+        policy.add_adapter(self.NAME, config)
+        state = load_file(str(Path(self.name_or_path) / "adapter_model.safetensors"))
+        head = [k for k in state if k.endswith("score.weight")]
+        if len(head) != 1:
+            raise ValueError(f"'{self.name_or_path}' holds no single score head ({head})")
+        weight = state.pop(head[0])  # (1, H)
+        loaded = set_peft_model_state_dict(policy, state, adapter_name=self.NAME)
+        missing = [k for k in loaded.missing_keys if f".{self.NAME}." in k]
+        if loaded.unexpected_keys or missing:
+            raise ValueError(
+                f"'{self.name_or_path}' does not fit the policy's modules: "
+                f"{(loaded.unexpected_keys or missing)[:3]}"
+            )
+        self.head = torch.nn.Linear(weight.shape[1], 1, bias=False)
+        with torch.no_grad():
+            self.head.weight.copy_(weight.float())
+        self.head.requires_grad_(False)
+        self.policy = policy
+
+    def to(self, device: torch.device | str) -> RewardAdapter:
+        if self.head is not None:
+            self.head.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], responses: list[str]) -> Tensor:
+        from lightning_rlhf.data.collate import pad
+        from lightning_rlhf.data.text import encode_completion, encode_prompt
+        from lightning_rlhf.models import adapter_active, last_token_index
+
+        if self.policy is None or self.head is None:
+            raise RuntimeError(f"RewardAdapter('{self.name_or_path}') is not attached to a policy")
+        tok, device = self.tokenizer, self.head.weight.device
+        seqs = [
+            encode_prompt(tok, p) + encode_completion(tok, r) for p, r in zip(prompts, responses)
+        ]
+        base = self.policy.get_base_model()
+        trunk = getattr(base, base.base_model_prefix)
+        was_training = self.policy.training
+        out = []
+        with adapter_active(self.policy.eval(), self.NAME):
+            for i in range(0, len(seqs), self.batch_size):
+                chunk = seqs[i : i + self.batch_size]
+                ids = pad(chunk, tok.pad_token_id).to(device)
+                mask = pad([[1] * len(s) for s in chunk], 0).to(device)
+                hidden = trunk(input_ids=ids, attention_mask=mask, use_cache=False)
+                states = hidden.last_hidden_state.to(self.head.weight.dtype)  # (b, T, H)
+                values = self.head(states).squeeze(-1).float()  # (b, T)
+                out.append(values.gather(1, last_token_index(mask)[:, None]).squeeze(1))
+        self.policy.train(was_training)
+        return ((torch.cat(out) - self.mean) / self.std).float().cpu()
+
+
+def _same_place(name_or_path: str) -> str:
+    """A local directory by its resolved path, a hub name as written."""
+    path = Path(name_or_path).expanduser()
+    return str(path.resolve()) if path.exists() else name_or_path
+
+
+def reward_functions(reward: RewardFunction):
+    """``reward`` and, for a sum or an ensemble, its members (recursively)."""
+    yield reward
+    for member in getattr(reward, "rewards", []):
+        yield from reward_functions(member)
+
+
 class _Combination(RewardFunction):
     """Several reward functions, one weight each, scored together."""
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from lightning_rlhf.losses import check_dpo_options, dpo_loss, token_logprobs
-from lightning_rlhf.models import ModelOptions
+from lightning_rlhf.models import ModelOptions, adapters_off
 from lightning_rlhf.modules.policy import PolicyModule
 from lightning_rlhf.modules.sft import completion_logits
 from lightning_rlhf.optim import ScheduleOptions
@@ -202,7 +202,7 @@ class DPOModule(PolicyModule):
     def _ref_logps(self, ids: Tensor, mask: Tensor, response_mask: Tensor) -> Tensor:
         if self._ref:
             return self._logps(self._ref[0], ids, mask, response_mask)
-        with self.model.disable_adapter(), _eval_mode(self.model):  # LoRA: πref is the base
+        with adapters_off(self.model), _eval_mode(self.model):  # LoRA: πref is the base
             return self._logps(self.model, ids, mask, response_mask)
 
     def reference_logps(self, batch: PreferenceBatch, stage: str = "train") -> Tensor:

@@ -41,14 +41,23 @@ from lightning_rlhf.losses import entropy_from_logits, ppo_policy_loss, token_lo
 from lightning_rlhf.models import (
     LoraOptions,
     ModelOptions,
+    adapter_active,
+    adapters_off,
     check_same_tokenizer,
     load_scalar_model,
     lora_config,
     token_scalars,
+    train_only_adapters,
 )
 from lightning_rlhf.modules.policy import PolicyModule
 from lightning_rlhf.optim import ScheduleOptions
-from lightning_rlhf.rewards import RewardFunction, RewardModel, check_scores
+from lightning_rlhf.rewards import (
+    RewardAdapter,
+    RewardFunction,
+    RewardModel,
+    check_scores,
+    reward_functions,
+)
 from lightning_rlhf.rollout import SamplingOptions
 from lightning_rlhf.types import PromptBatch, Rollout
 
@@ -225,6 +234,15 @@ class PPOModule(PolicyModule):
             return
         super().configure_model()
         self._ref = self.load_reference(self.ref_model_name_or_path)
+        self._configure_critic()
+        for reward in reward_functions(self.reward):
+            if isinstance(reward, RewardAdapter):
+                reward.attach(self.model, self.model_name_or_path)
+        if self.model_options.lora is not None:  # added adapters: the critic's trains, others not
+            critic = [self.CRITIC_ADAPTER] if self.critic_lora is not None else []
+            train_only_adapters(self.model, [self.model.active_adapter, *critic])
+
+    def _configure_critic(self) -> None:
         if not self.advantage.needs_critic:
             return
         if self.critic_lora is not None:
@@ -258,28 +276,9 @@ class PPOModule(PolicyModule):
                 "unset for a critic of its own (critic_name_or_path)"
             )
         self.model.add_adapter(self.CRITIC_ADAPTER, lora_config(self.critic_lora, "CAUSAL_LM"))
-        self._train_all_adapters()  # add_adapter leaves the new adapter frozen
         self.value_head = nn.Linear(self.model.config.hidden_size, 1)
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
-
-    def _train_all_adapters(self) -> None:
-        # peft's set_adapter freezes every adapter but the active one; both are trained here, and
-        # a tensor frozen between its forward and the backward would receive no gradient
-        for name, p in self.model.named_parameters():
-            if "lora_" in name:
-                p.requires_grad_(True)
-
-    @contextlib.contextmanager
-    def _critic_active(self):
-        """The policy's LoRA layers run the critic's adapter instead of the policy's."""
-        policy = self.model.active_adapter
-        self.model.set_adapter(self.CRITIC_ADAPTER)
-        try:
-            yield
-        finally:
-            self.model.set_adapter(policy)
-            self._train_all_adapters()
 
     @property
     def _value_head_on_policy(self) -> bool:
@@ -333,7 +332,7 @@ class PPOModule(PolicyModule):
     def _ref_logits(self, r, idx):
         if self._ref:
             return self._policy_outputs(self._ref[0], r, idx)[0]
-        with self.model.disable_adapter():  # LoRA: πref is the base model
+        with adapters_off(self.model):  # LoRA: πref is the base model
             return self._policy_outputs(self.model, r, idx)[0]
 
     def _values(self, r, idx, states: Tensor | None) -> Tensor | None:
@@ -341,7 +340,7 @@ class PPOModule(PolicyModule):
         if self.value_head is not None and self.critic_lora is not None:
             ids, mask, positions = self._sequence(r, idx)
             resp_len = r.response_ids.shape[1]
-            with self._critic_active():
+            with adapter_active(self.model, self.CRITIC_ADAPTER):
                 base = self.model.get_base_model()  # the causal LM, the adapters injected
                 trunk = getattr(base, base.base_model_prefix)
                 hidden = trunk(

@@ -98,10 +98,11 @@ def rm(tmp_path_factory, sft, task_dir):
     return fit("reward", out, sft[1], task_dir / "pref", 60, "--model.schedule.warmup_steps", "10")
 
 
-def rl(stage, tmp_path_factory, sft, rm, task_dir, iterations, *extra, precision="bf16-mixed"):
+def rl(stage, tmp_path_factory, sft, rm, task_dir, iterations, *extra, precision="bf16-mixed",
+       reward_class="RewardModel"):  # fmt: skip
     """``iterations`` of the config's 4 PPO epochs x 1 minibatch: policy and reference the SFT
     export, reward (and, for PPO, critic) the reward model's export."""
-    reward = plugin("lightning_rlhf.RewardModel", name_or_path=str(rm[1]))
+    reward = plugin(f"lightning_rlhf.{reward_class}", name_or_path=str(rm[1]))
     critic = ["--model.critic_name_or_path", str(rm[1])] if stage == "ppo" else []
     out = tmp_path_factory.mktemp(stage)
     return fit(stage, out, sft[1], task_dir / "prompts", 4 * iterations, *RL_ARGS, *critic,
@@ -182,16 +183,29 @@ def test_ppo_with_bf16_weights(tmp_path_factory, sft, rm, task_dir):
     assert_trained(export, sft[1])  # Adam's steps were not all lost to bf16 rounding
 
 
-def test_ppo_lora_policy_with_the_critic_as_its_second_adapter(tmp_path_factory, sft, rm, task_dir):
-    """One base model for policy, reference and critic, a fused AdamW under bf16-mixed (the
-    stages clip gradients themselves: Lightning's own clipping refuses fused optimisers there)."""
+@pytest.fixture(scope="module")
+def rm_adapter(tmp_path_factory, sft, task_dir):
+    """A reward model trained as a LoRA adapter of the SFT export, exported as the adapter."""
+    out = tmp_path_factory.mktemp("rm_adapter")
+    lora = json.dumps({"r": 8, "merge_on_export": False})
+    return fit("reward", out, sft[1], task_dir / "pref", 40, "--model.model.lora", lora)
+
+
+def test_ppo_with_policy_reference_critic_and_reward_on_one_base(
+    tmp_path_factory, sft, rm_adapter, task_dir
+):
+    """A LoRA policy, πref its adapters off, the critic a second adapter, the reward model a
+    frozen third (RewardAdapter), and a fused AdamW under bf16-mixed (the stages clip gradients
+    themselves: Lightning's own clipping refuses fused optimisers there)."""
+    assert (rm_adapter[1] / "adapter_config.json").exists()
     lora = json.dumps({"r": 8})
-    metrics, export = rl("ppo", tmp_path_factory, sft, rm, task_dir, 2,
+    metrics, export = rl("ppo", tmp_path_factory, sft, rm_adapter, task_dir, 2,
                          "--model.model.lora", lora, "--model.critic_lora", lora,
-                         "--model.optimizer.init_args.fused", "true")  # fmt: skip
+                         "--model.optimizer.init_args.fused", "true",
+                         reward_class="RewardAdapter")  # fmt: skip
     assert_all_finite(metrics)
     assert len(series(metrics, "train/value_loss")) == 2 and series(metrics, "train/policy_loss")
-    assert_trained(export, sft[1])  # the policy's adapter merged; the critic's left out
+    assert_trained(export, sft[1])  # the policy's adapter merged; the others left out
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

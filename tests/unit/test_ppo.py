@@ -20,6 +20,7 @@ from lightning_rlhf.losses import token_logprobs
 from lightning_rlhf.models import (
     LoraOptions,
     ModelOptions,
+    adapter_active,
     export_hf,
     load_causal_lm,
     load_scalar_model,
@@ -29,6 +30,7 @@ from lightning_rlhf.models import (
 from lightning_rlhf.modules.ppo import PPOModule, PPOOptions, RewardShaping
 from lightning_rlhf.optim import ScheduleOptions
 from lightning_rlhf.rewards import (
+    RewardAdapter,
     RewardEnsemble,
     RewardFunction,
     RewardModel,
@@ -577,7 +579,7 @@ def test_critic_adapter_leaves_the_policy_and_its_export_alone(tiny_model_dir, t
         policy = module._policy_outputs(module.model, r, slice(None))[0]
         module._values(r, slice(None), None)  # switches to the critic's adapter and back
         again = module._policy_outputs(module.model, r, slice(None))[0]
-        with module._critic_active():
+        with adapter_active(module.model, "critic"):
             as_critic = module._policy_outputs(module.model, r, slice(None))[0]
     torch.testing.assert_close(again, policy)
     assert (as_critic - policy).abs().max() > 1e-2
@@ -588,3 +590,84 @@ def test_critic_adapter_leaves_the_policy_and_its_export_alone(tiny_model_dir, t
         torch.testing.assert_close(
             module._policy_outputs(exported, r, slice(None))[0], policy, atol=1e-4, rtol=1e-4
         )
+
+
+# ------------------------------------------------------------------------------- reward adapter
+@pytest.fixture(scope="module")
+def reward_adapter(tmp_path_factory, tiny_model_dir):
+    """A reward model trained as a LoRA adapter of the tiny base (random adapter and head),
+    exported as an adapter (as the reward stage does with merge_on_export: false) and merged."""
+    torch.manual_seed(0)
+    model = load_scalar_model(tiny_model_dir, ModelOptions(lora=LoraOptions(r=4)), pad_token_id=0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name or "score" in name:
+                p.normal_(0, 0.5)
+    out, tok = tmp_path_factory.mktemp("rm_adapter"), load_tokenizer(tiny_model_dir)
+    stats = {"reward_stats.json": {"mean": 0.1, "std": 0.5}}
+    export_hf(model, tok, out / "adapter", merge_lora=False, extra_json=stats)
+    export_hf(model, tok, out / "merged", merge_lora=True, extra_json=stats)
+    return out
+
+
+def test_reward_adapter_scores_on_the_policys_base_as_the_merged_reward_model(
+    tiny_model_dir, reward_adapter
+):
+    """Policy, πref, critic and reward on one base model: the reward, run as a frozen adapter of
+    the policy, scores as the same reward model merged and loaded apart; nothing else changes."""
+    lora = LoraOptions(r=4)
+    module = ppo_module(
+        tiny_model_dir, RewardAdapter(str(reward_adapter / "adapter")),
+        model=ModelOptions(lora=lora), critic_lora=lora,
+    )  # fmt: skip
+    module.configure_model()
+    assert module._ref == [] and module.critic is None
+    prompts, responses = ["12+34=", "rev abcd=", "cnt a in banana="], ["46", "dcba", "3"]
+    expected = RewardModel(str(reward_adapter / "merged"))(prompts, responses)
+    r = _partial_rollout(module, prompts[:2], responses[:2])
+    module.model.eval()
+    with torch.no_grad():
+        before = module._policy_outputs(module.model, r, slice(None))[0]
+        got = module.reward(prompts, responses)
+        after = module._policy_outputs(module.model, r, slice(None))[0]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert got.std() > 1e-3  # distinct scores: not a constant
+    torch.testing.assert_close(after, before)  # the policy's adapter is active again
+    trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
+    lora_names = {n for n, _ in module.model.named_parameters() if "lora_" in n}
+    assert trainable == {n for n in lora_names if ".reward." not in n}
+    assert any(".reward." in n for n in lora_names)
+
+
+def test_reward_adapter_stays_frozen_while_the_policy_trains(
+    tiny_model_dir, task_dir, reward_adapter, tmp_path
+):
+    lora = LoraOptions(r=4)
+    module = ppo_module(
+        tiny_model_dir, RewardAdapter(str(reward_adapter / "adapter")),
+        model=ModelOptions(lora=lora), critic_lora=lora, lr=1e-2,
+    )  # fmt: skip
+    module.configure_model()
+    before = params(module)
+    trainer(tmp_path, 2).fit(module, prompt_data(task_dir, tiny_model_dir))
+    after = params(module)
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(".lora_B.default." in k for k in moved) and any(".critic." in k for k in moved)
+    assert not any(".reward." in k for k in moved)
+
+
+def test_reward_adapter_needs_its_own_base_and_an_adapter_directory(
+    tiny_model_dir, reward_adapter, tmp_path
+):
+    import shutil
+
+    other = tmp_path / "copy_of_the_base"
+    shutil.copytree(tiny_model_dir, other)
+    module = ppo_module(
+        str(other), RewardAdapter(str(reward_adapter / "adapter")),
+        model=ModelOptions(lora=LoraOptions(r=4)),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="was trained on base .* the policy's base is"):
+        module.configure_model()
+    with pytest.raises(ValueError, match="merge_on_export: false"):
+        RewardAdapter(str(reward_adapter / "merged"))
