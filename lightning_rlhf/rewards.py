@@ -41,7 +41,44 @@ class TaskOracle(RewardFunction):
         return torch.tensor([score(p, r) for p, r in zip(prompts, responses)], dtype=torch.float32)
 
 
-class RewardModel(RewardFunction):
+class _ScalarHeadReward(RewardFunction):
+    """What the reward-model rewards share: their tokenizer, the normalisation read from
+    ``reward_stats.json``, and scoring (prompt, response) texts in chunks, EOS appended as in
+    training; subclasses give ``_scores(ids, mask)``, (b,) at the last real token."""
+
+    def _setup(self, name_or_path: str, tokenizer, normalize: bool, batch_size: int) -> None:
+        self.name_or_path, self.tokenizer, self.batch_size = name_or_path, tokenizer, batch_size
+        self.mean, self.std = 0.0, 1.0
+        stats = Path(name_or_path) / "reward_stats.json"
+        if normalize and stats.exists():
+            s = json.loads(stats.read_text())
+            self.mean, self.std = float(s["mean"]), max(float(s["std"]), 1e-6)
+
+    def _device(self) -> torch.device:
+        raise NotImplementedError
+
+    def _scores(self, ids: Tensor, mask: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], responses: list[str]) -> Tensor:
+        from lightning_rlhf.data.collate import pad
+        from lightning_rlhf.data.text import encode_completion, encode_prompt
+
+        device, tok = self._device(), self.tokenizer
+        seqs = [
+            encode_prompt(tok, p) + encode_completion(tok, r) for p, r in zip(prompts, responses)
+        ]
+        out = []
+        for i in range(0, len(seqs), self.batch_size):
+            chunk = seqs[i : i + self.batch_size]
+            ids = pad(chunk, tok.pad_token_id).to(device)
+            mask = pad([[1] * len(s) for s in chunk], 0).to(device)
+            out.append(self._scores(ids, mask))
+        return ((torch.cat(out) - self.mean) / self.std).float().cpu()
+
+
+class RewardModel(_ScalarHeadReward):
     """A reward model exported by the reward stage (or any sequence-classification model).
 
     The prompt and response texts are tokenised with the reward model's own tokenizer, EOS appended
@@ -66,45 +103,29 @@ class RewardModel(RewardFunction):
     ) -> None:
         from lightning_rlhf.models import ModelOptions, load_scalar_model, load_tokenizer
 
-        self.name_or_path = name_or_path
-        self.tokenizer = load_tokenizer(name_or_path, trust_remote_code)
+        self._setup(
+            name_or_path, load_tokenizer(name_or_path, trust_remote_code), normalize, batch_size
+        )
         options = ModelOptions(dtype=dtype, trust_remote_code=trust_remote_code)
         self.model = load_scalar_model(
             name_or_path, options, self.tokenizer.pad_token_id, trained_head=True
         ).eval()
         self.model.requires_grad_(False)
-        self.batch_size = batch_size
-        self.mean, self.std = 0.0, 1.0
-        stats = Path(name_or_path) / "reward_stats.json"
-        if normalize and stats.exists():
-            s = json.loads(stats.read_text())
-            self.mean, self.std = float(s["mean"]), max(float(s["std"]), 1e-6)
 
     def to(self, device: torch.device | str) -> RewardModel:
         self.model.to(device)
         return self
 
-    @torch.no_grad()
-    def __call__(self, prompts: list[str], responses: list[str]) -> Tensor:
-        from lightning_rlhf.data.collate import pad
-        from lightning_rlhf.data.text import encode_completion, encode_prompt
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _scores(self, ids: Tensor, mask: Tensor) -> Tensor:
         from lightning_rlhf.models import sequence_scores
 
-        device = next(self.model.parameters()).device
-        tok = self.tokenizer
-        seqs = [
-            encode_prompt(tok, p) + encode_completion(tok, r) for p, r in zip(prompts, responses)
-        ]
-        out = []
-        for i in range(0, len(seqs), self.batch_size):
-            chunk = seqs[i : i + self.batch_size]
-            ids = pad(chunk, tok.pad_token_id).to(device)
-            mask = pad([[1] * len(s) for s in chunk], 0).to(device)
-            out.append(sequence_scores(self.model, ids, mask))
-        return ((torch.cat(out) - self.mean) / self.std).float().cpu()
+        return sequence_scores(self.model, ids, mask)
 
 
-class RewardAdapter(RewardFunction):
+class RewardAdapter(_ScalarHeadReward):
     """A reward model trained as a LoRA adapter of the policy's own base model, run on that base:
     with a LoRA policy, the policy, πref, the critic (``critic_lora``) and the reward share one
     base model in memory.
@@ -136,17 +157,9 @@ class RewardAdapter(RewardFunction):
                 f"'{name_or_path}': export the reward model with model.lora.merge_on_export: "
                 "false, or use RewardModel for a full model"
             )
-        self.name_or_path = name_or_path
-        self.base = json.loads((path / "adapter_config.json").read_text())[
-            "base_model_name_or_path"
-        ]
-        self.tokenizer = load_tokenizer(name_or_path)
-        self.batch_size = batch_size
-        self.mean, self.std = 0.0, 1.0
-        stats = path / "reward_stats.json"
-        if normalize and stats.exists():
-            s = json.loads(stats.read_text())
-            self.mean, self.std = float(s["mean"]), max(float(s["std"]), 1e-6)
+        self._setup(name_or_path, load_tokenizer(name_or_path), normalize, batch_size)
+        config = json.loads((path / "adapter_config.json").read_text())
+        self.base = config["base_model_name_or_path"]
         self.policy: torch.nn.Module | None = None
         self.head: torch.nn.Linear | None = None
 
@@ -191,33 +204,29 @@ class RewardAdapter(RewardFunction):
             self.head.to(device)
         return self
 
-    @torch.no_grad()
+    def _device(self) -> torch.device:
+        return self.head.weight.device
+
+    def _scores(self, ids: Tensor, mask: Tensor) -> Tensor:
+        from lightning_rlhf.models import last_token_index
+
+        base = self.policy.get_base_model()  # the causal LM, the adapters injected
+        trunk = getattr(base, base.base_model_prefix)
+        hidden = trunk(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        values = self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).float()  # (b, T)
+        return values.gather(1, last_token_index(mask)[:, None]).squeeze(1)
+
     def __call__(self, prompts: list[str], responses: list[str]) -> Tensor:
-        from lightning_rlhf.data.collate import pad
-        from lightning_rlhf.data.text import encode_completion, encode_prompt
-        from lightning_rlhf.models import adapter_active, last_token_index
+        from lightning_rlhf.models import adapter_active
 
         if self.policy is None or self.head is None:
             raise RuntimeError(f"RewardAdapter('{self.name_or_path}') is not attached to a policy")
-        tok, device = self.tokenizer, self.head.weight.device
-        seqs = [
-            encode_prompt(tok, p) + encode_completion(tok, r) for p, r in zip(prompts, responses)
-        ]
-        base = self.policy.get_base_model()
-        trunk = getattr(base, base.base_model_prefix)
         was_training = self.policy.training
-        out = []
-        with adapter_active(self.policy.eval(), self.NAME):
-            for i in range(0, len(seqs), self.batch_size):
-                chunk = seqs[i : i + self.batch_size]
-                ids = pad(chunk, tok.pad_token_id).to(device)
-                mask = pad([[1] * len(s) for s in chunk], 0).to(device)
-                hidden = trunk(input_ids=ids, attention_mask=mask, use_cache=False)
-                states = hidden.last_hidden_state.to(self.head.weight.dtype)  # (b, T, H)
-                values = self.head(states).squeeze(-1).float()  # (b, T)
-                out.append(values.gather(1, last_token_index(mask)[:, None]).squeeze(1))
-        self.policy.train(was_training)
-        return ((torch.cat(out) - self.mean) / self.std).float().cpu()
+        try:
+            with adapter_active(self.policy.eval(), self.NAME):
+                return super().__call__(prompts, responses)
+        finally:
+            self.policy.train(was_training)
 
 
 def _same_place(name_or_path: str) -> str:
