@@ -175,8 +175,9 @@ def write_data(out_dir: Path, tokenizer, words: list[str], spec: DataSpec, seed:
 # --------------------------------------------------------------------------------- models
 def write_models(out_dir: Path, spec: ModelSpec, tokenizer, seed: int) -> None:
     """``lm``: the causal LM; ``rm``: the same backbone with a scalar head (reward and critic);
-    ``policy``: the LM whose generation config suppresses EOS and pad, so that every PPO response
-    runs to its maximum length with no pad inside it, on both sides (equal work per step)."""
+    ``policy``: the LM whose generation config suppresses EOS and pad, so that every response of
+    TRL's PPO runs to its maximum length (ours reads no generation config: its worker sets
+    ``min_new_tokens``), for equal work per step."""
     import torch
     from transformers import (
         AutoModelForSequenceClassification,

@@ -50,7 +50,7 @@ def answer_prompts(
             [{"prompt_ids": encode_prompt(tokenizer, p), "prompt": p} for p in chunk],
             tokenizer.pad_token_id,
         )  # (b, P) left-padded
-        ids, mask = generate(
+        generation = generate(
             model,
             batch.input_ids,
             batch.attention_mask,
@@ -58,7 +58,7 @@ def answer_prompts(
             tokenizer.eos_token_id,
             tokenizer.pad_token_id,
         )
-        answers += decode_responses(tokenizer, ids, mask)
+        answers += decode_responses(tokenizer, generation.response_ids, generation.response_mask)
         bar.update(len(chunk))
     bar.close()
     return answers

@@ -1,10 +1,12 @@
 """Our PPO stage as users run it: PPOModule + PromptDataModule under a Lightning Trainer.
 
 Policy and reference from the same directory (a frozen copy), reward and critic from the reward
-model directory (a ``RewardModel`` that re-tokenises the texts, as in ``configs/ppo.yaml``). The
-policy's generation config suppresses EOS, so every response is ``response_length`` tokens on both
-sides. Matched to TRL 0.29.1's PPO: fixed β, k1 KL, whitened advantages, no reward whitening, no
-gradient clipping (TRL's PPO loop clips none), one micro-batch per minibatch.
+model directory (a ``RewardModel`` that re-tokenises the texts, as in ``configs/ppo.yaml``). EOS
+cannot be drawn before ``response_length`` tokens (``min_new_tokens``; TRL's side: the policy's
+generation config suppresses it), so every response is ``response_length`` tokens on both sides.
+Matched to TRL 0.29.1's PPO: π_old's log-probs are the sampler's (TRL takes them from the generation
+logits; neither side runs a forward for them), fixed β, k1 KL, whitened advantages, no reward
+whitening, no gradient clipping (TRL's PPO loop clips none), one micro-batch per minibatch.
 """
 
 from __future__ import annotations
@@ -35,7 +37,11 @@ module = PPOModule(
     model=ModelOptions(dtype="float32", attn_implementation="sdpa"),
     optimizer=adamw,
     schedule=ScheduleOptions(warmup_steps=0, decay="constant"),
-    sampling=SamplingOptions(max_new_tokens=ppo["response_length"], temperature=1.0),
+    sampling=SamplingOptions(
+        max_new_tokens=ppo["response_length"],
+        temperature=1.0,
+        min_new_tokens=ppo["response_length"],
+    ),
     ppo=PPOOptions(
         ppo_epochs=ppo["epochs"],
         num_minibatches=ppo["minibatches"],
@@ -43,6 +49,7 @@ module = PPOModule(
         clip_range=0.2,
         clip_range_value=0.2,
         vf_coef=0.1,
+        reuse_sampling_logprobs=True,
     ),
     advantage=GAE(gamma=1.0, lam=0.95),
     kl_controller=FixedKLController(ppo["kl_coef"]),

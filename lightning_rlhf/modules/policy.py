@@ -12,7 +12,7 @@ from lightning_rlhf.models import ModelOptions, check_same_tokenizer, load_causa
 from lightning_rlhf.modules.base import StageModule
 from lightning_rlhf.optim import ScheduleOptions
 from lightning_rlhf.rewards import RewardFunction
-from lightning_rlhf.rollout import SamplingOptions, decode_responses, generate
+from lightning_rlhf.rollout import Generation, SamplingOptions, decode_responses, generate
 from lightning_rlhf.types import PromptBatch
 
 
@@ -56,11 +56,9 @@ class PolicyModule(StageModule):
         ref = load_causal_lm(ref_name_or_path or self.model_name_or_path, options)
         return [ref.eval().requires_grad_(False)]
 
-    def sample(
-        self, batch: PromptBatch, sampling: SamplingOptions
-    ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        """(response_ids (B, R), response_mask (B, R), response texts) for a prompt batch."""
-        ids, mask = generate(
+    def sample(self, batch: PromptBatch, sampling: SamplingOptions) -> tuple[Generation, list[str]]:
+        """The sampled responses to a prompt batch, and their texts."""
+        generation = generate(
             self.model,
             batch.input_ids,
             batch.attention_mask,
@@ -69,7 +67,8 @@ class PolicyModule(StageModule):
             pad_token_id=self.tokenizer.pad_token_id,
             synced=self._sharded(),
         )
-        return ids, mask, decode_responses(self.tokenizer, ids, mask)
+        texts = decode_responses(self.tokenizer, generation.response_ids, generation.response_mask)
+        return generation, texts
 
     def _sharded(self) -> bool:
         """Under FSDP or DeepSpeed every rank must run the same number of generation steps."""
@@ -82,7 +81,7 @@ class PolicyModule(StageModule):
 
     def score_generations(self, batch: PromptBatch) -> list[str]:
         """Greedy answers to held-out prompts: oracle score and logged samples."""
-        _, _, responses = self.sample(batch, self.eval_sampling)
+        _, responses = self.sample(batch, self.eval_sampling)
         scores = None
         if self.oracle is not None:
             scores = self.oracle(batch.prompts, responses)

@@ -58,7 +58,7 @@ from lightning_rlhf.rewards import (
     check_scores,
     reward_functions,
 )
-from lightning_rlhf.rollout import SamplingOptions
+from lightning_rlhf.rollout import SamplingOptions, tempered
 from lightning_rlhf.types import PromptBatch, Rollout
 
 # Lightning warns that a checkpoint under manual optimisation holds the state after the optimizer
@@ -87,6 +87,11 @@ class PPOOptions:
         max_grad_norm: clip the gradient norm to this; None: no clipping.
         samples_per_prompt: responses sampled per prompt in each rollout (the group size of
             ``GroupRelative`` and ``LeaveOneOut``).
+        reuse_sampling_logprobs: π_old's log-probs are those the sampler computed while drawing
+            the tokens (no forward over the rollout for them, as in TRL's PPO). The cached
+            one-token forwards round differently from a full forward (fp32 ~1e-6, bf16 ~1e-2), so
+            the first ratio is near 1, not exactly 1. False recomputes π_old in one full forward.
+            A value head on the policy's trunk needs that forward anyway, and uses its log-probs.
     """
 
     ppo_epochs: int = 4
@@ -98,6 +103,7 @@ class PPOOptions:
     whiten_advantages: bool = True
     max_grad_norm: float | None = 1.0
     samples_per_prompt: int = 1
+    reuse_sampling_logprobs: bool = False
 
     def __post_init__(self) -> None:
         for name in ("ppo_epochs", "num_minibatches", "samples_per_prompt"):
@@ -316,18 +322,21 @@ class PPOModule(PolicyModule):
     def _policy_outputs(self, model: nn.Module, r, idx, hidden: bool = False):
         """Logits for the response positions, (b, R, V), and optionally the trunk's states."""
         ids, mask, positions = self._sequence(r, idx)
-        resp_len = r.response_ids.shape[1]
+        resp_len, length = r.response_ids.shape[1], ids.shape[1]
         out = model(
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            logits_to_keep=resp_len + 1,  # no LM head over the prompt
+            # the LM head only where a response token is predicted; indices, not a count: the
+            # gathered states are contiguous, so a frozen model's head stays one matrix multiply
+            # (a sliced view sends it to a batched one over copies of the weight, 2x slower on CPU)
+            logits_to_keep=torch.arange(length - resp_len - 1, length - 1, device=ids.device),
             output_hidden_states=hidden,
             use_cache=False,
         )
-        logits = out.logits[:, :-1]  # position t predicts response token t
+        logits = out.logits  # (b, R, V): position t predicts response token t
         states = out.hidden_states[-1][:, -resp_len - 1 : -1] if hidden else None
-        return logits.float() / max(self.sampling.temperature, 1e-6), states
+        return tempered(logits, self.sampling.temperature), states
 
     def _ref_logits(self, r, idx):
         if self._ref:
@@ -381,18 +390,20 @@ class PPOModule(PolicyModule):
         query_mask = batch.attention_mask.repeat_interleave(k, dim=0)
         prompts = [p for p in batch.prompts for _ in range(k)]
         t0 = time.perf_counter()
-        response_ids, response_mask, texts = self.sample(
-            PromptBatch(query_ids, query_mask, prompts), self.sampling
-        )
+        generation, texts = self.sample(PromptBatch(query_ids, query_mask, prompts), self.sampling)
+        response_ids, response_mask = generation.response_ids, generation.response_mask
         t1 = time.perf_counter()
         raw, scores = self._score(prompts, texts, response_mask, response_ids)
         partial = Rollout(query_ids, query_mask, response_ids, response_mask, *([None] * 7))
         was_training = self.model.training
         self.model.eval()  # no dropout in π_old: the ratio starts at exactly 1
-        logits, states = self._policy_outputs(
-            self.model, partial, slice(None), hidden=self._value_head_on_policy
-        )
-        logprobs = token_logprobs(logits, response_ids)
+        if self.ppo.reuse_sampling_logprobs and not self._value_head_on_policy:
+            logprobs, states = generation.logprobs, None
+        else:
+            logits, states = self._policy_outputs(
+                self.model, partial, slice(None), hidden=self._value_head_on_policy
+            )
+            logprobs = token_logprobs(logits, response_ids)
         ref_logprobs = token_logprobs(self._ref_logits(partial, slice(None)), response_ids)
         values = self._values(partial, slice(None), states)
         self.model.train(was_training)

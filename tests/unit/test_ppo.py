@@ -671,3 +671,34 @@ def test_reward_adapter_needs_its_own_base_and_an_adapter_directory(
         module.configure_model()
     with pytest.raises(ValueError, match="merge_on_export: false"):
         RewardAdapter(str(reward_adapter / "merged"))
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_pi_old_from_the_sampler_skips_a_forward_and_equals_it(tiny_model_dir, task_dir, reuse):
+    """``reuse_sampling_logprobs``: no policy forward for π_old, and the sampler's log-probs equal
+    the full forward's to rounding, so the first update's ratio starts at 1."""
+    module = ppo_module(
+        tiny_model_dir, AsciiFraction(), advantage=GroupRelative(),
+        ppo=PPOOptions(samples_per_prompt=2, reuse_sampling_logprobs=reuse),
+        sampling=SamplingOptions(max_new_tokens=6, temperature=0.8, top_k=20),
+    )  # fmt: skip
+    module.configure_model()
+    data = prompt_data(task_dir, tiny_model_dir, batch_size=4)
+    data.setup("fit")
+    policy_forwards = []
+    outputs = module._policy_outputs
+
+    def counted(model, *args, **kwargs):
+        policy_forwards.append(model is module.model)
+        return outputs(model, *args, **kwargs)
+
+    module._policy_outputs = counted
+    torch.manual_seed(0)
+    rollout, _ = module.make_rollout(next(iter(data.train_dataloader())))
+    assert policy_forwards.count(True) == (0 if reuse else 1)  # the reference's forward stays
+    module.model.eval()
+    with torch.no_grad():
+        idx = torch.arange(rollout.response_ids.shape[0])
+        logits, _ = outputs(module.model, rollout, idx)
+        full = token_logprobs(logits, rollout.response_ids) * rollout.response_mask
+    torch.testing.assert_close(rollout.logprobs, full, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,171 @@
+"""Sampling: the token draw against its definition, the KV-cached loop against transformers'
+generate and a full forward, EOS handling and the options that shape the draw."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lightning_rlhf.losses import token_logprobs
+from lightning_rlhf.models import load_causal_lm, load_tokenizer
+from lightning_rlhf.rollout import SamplingOptions, generate, sample_tokens
+
+PROBS = torch.tensor([0.5, 0.3, 0.15, 0.05])
+
+
+def frequencies(probs: torch.Tensor, n: int = 40_000, **options) -> torch.Tensor:
+    """Empirical distribution of ``n`` draws from logits log(probs), all rows in one call."""
+    torch.manual_seed(0)
+    logits = probs.log().expand(n, -1)
+    tokens, _ = sample_tokens(logits, SamplingOptions(**options))
+    return torch.bincount(tokens, minlength=len(probs)).double() / n
+
+
+def assert_distribution(freq: torch.Tensor, expected: torch.Tensor, n: int = 40_000) -> None:
+    sigma = (expected * (1 - expected) / n).sqrt().clamp(min=1e-12)
+    assert ((freq - expected).abs() <= 5 * sigma).all(), (freq, expected)
+    assert (freq[expected == 0] == 0).all(), (freq, expected)  # never drawn, not merely rare
+
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        ({}, PROBS),
+        ({"temperature": 2.0}, PROBS.sqrt() / PROBS.sqrt().sum()),  # softmax(log p / 2)
+        ({"top_k": 2}, torch.tensor([0.5, 0.3, 0, 0]) / 0.8),
+        # top-p 0.7: 0.5 < 0.7 before the second token, 0.8 >= 0.7 before the third
+        ({"top_p": 0.7}, torch.tensor([0.5, 0.3, 0, 0]) / 0.8),
+        ({"top_p": 0.5}, torch.tensor([1.0, 0, 0, 0])),  # the first token alone reaches 0.5
+        # top-k first, then top-p of the renormalised rest: 0.5/0.95 < 0.6 <= 0.8/0.95
+        ({"top_k": 3, "top_p": 0.6}, torch.tensor([0.5, 0.3, 0, 0]) / 0.8),
+    ],
+)
+def test_draws_follow_the_truncated_tempered_distribution(options, expected):
+    assert_distribution(frequencies(PROBS, **options), expected.double())
+
+
+def test_top_k_keeps_ties_and_zero_probability_tokens_are_never_drawn():
+    probs = torch.tensor([0.0, 0.25, 0.25, 0.25, 0.25, 0.0])  # -inf logits at both ends
+    assert_distribution(frequencies(probs, top_k=2), probs.double())
+
+
+def test_logprobs_are_the_policy_s_before_the_truncation():
+    logits = PROBS.log().expand(1000, -1)
+    tokens, logprobs = sample_tokens(logits, SamplingOptions(temperature=2.0, top_k=2))
+    expected = torch.log_softmax(logits / 2.0, dim=-1).gather(1, tokens[:, None]).squeeze(1)
+    torch.testing.assert_close(logprobs, expected)
+
+
+def test_greedy_and_banned_token():
+    logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, 1.0]])
+    tokens, logprobs = sample_tokens(logits, SamplingOptions(temperature=0.0))
+    assert tokens.tolist() == [1, 0]
+    for _ in range(50):  # banned even where it holds almost all the mass
+        peaked = torch.tensor([[0.0, 30.0, 0.0]])
+        token, logprob = sample_tokens(peaked, SamplingOptions(), banned=1)
+        assert token.item() != 1
+        # the log-probability is the policy's, the banned token's mass included: about -30
+        torch.testing.assert_close(logprob, torch.log_softmax(peaked, -1)[0, token])
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [({"top_k": -1}, "top_k"), ({"min_new_tokens": 9}, "min_new_tokens"), ({"top_p": 0}, "top_p")],
+)
+def test_sampling_options_are_validated(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        SamplingOptions(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_model_dir):
+    torch.manual_seed(0)
+    model = load_causal_lm(tiny_model_dir).eval()
+    with torch.no_grad():  # a random init is near uniform: spread the logits so greedy is stable
+        model.get_output_embeddings().weight.mul_(20.0)
+    return model, load_tokenizer(tiny_model_dir, padding_side="left")
+
+
+def prompts(tokenizer, texts=("Add 2 and 3:", "hello", "The capital of France is")):
+    enc = tokenizer(list(texts), return_tensors="pt", padding=True)
+    return enc.input_ids, enc.attention_mask
+
+
+def test_greedy_matches_transformers_generate_and_ignores_the_left_padding(lm, one_thread):
+    model, tok = lm
+    ids, mask = prompts(tok)
+    ours = generate(model, ids, mask, SamplingOptions(12, temperature=0.0), tok.eos_token_id,
+                    tok.pad_token_id)  # fmt: skip
+    theirs = model.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )[:, ids.shape[1] :]  # fmt: skip
+    assert torch.equal(ours.response_ids, theirs[:, : ours.response_ids.shape[1]])
+    alone = prompts(tok, ["hello"])
+    single = generate(model, *alone, SamplingOptions(12, temperature=0.0), tok.eos_token_id,
+                      tok.pad_token_id)  # fmt: skip
+    n = single.response_ids.shape[1]
+    assert torch.equal(single.response_ids[0], ours.response_ids[1, :n])
+
+
+def test_sampled_logprobs_equal_a_full_forward(lm, one_thread):
+    model, tok = lm
+    ids, mask = prompts(tok)
+    torch.manual_seed(1)
+    out = generate(model, ids, mask, SamplingOptions(10, temperature=0.7, top_k=50),
+                   tok.eos_token_id, tok.pad_token_id)  # fmt: skip
+    full_ids = torch.cat([ids, out.response_ids], 1)
+    full_mask = torch.cat([mask, out.response_mask], 1)
+    positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = model(input_ids=full_ids, attention_mask=full_mask, position_ids=positions).logits
+    R = out.response_ids.shape[1]
+    expected = token_logprobs(logits[:, -R - 1 : -1] / 0.7, out.response_ids) * out.response_mask
+    torch.testing.assert_close(out.logprobs, expected, atol=1e-4, rtol=1e-4)
+    assert out.logprobs.dtype == torch.float32
+
+
+def test_eos_ends_each_row_and_generation_stops_when_all_have_ended(lm, one_thread):
+    model, tok = lm
+    eos = tok.eos_token_id
+
+    def eos_half_the_mass(module, inputs, logits):  # rows end at different steps
+        others = logits.clone()
+        others[..., eos] = float("-inf")
+        logits = logits.clone()
+        logits[..., eos] = others.logsumexp(-1)
+        return logits
+
+    hook = model.get_output_embeddings().register_forward_hook(eos_half_the_mass)
+    try:
+        ids, mask = prompts(tok, ["a", "bb", "ccc", "dddd"] * 8)
+        torch.manual_seed(0)
+        out = generate(model, ids, mask, SamplingOptions(40), eos, tok.pad_token_id)
+        torch.manual_seed(0)
+        late = generate(model, ids, mask, SamplingOptions(40, min_new_tokens=40), eos,
+                        tok.pad_token_id)  # fmt: skip
+    finally:
+        hook.remove()
+    ends = [row.tolist().index(eos) if eos in row.tolist() else None for row in out.response_ids]
+    assert len({e for e in ends}) > 2  # rows ended at different steps
+    assert all(e is not None for e in ends) and out.response_ids.shape[1] == max(ends) + 1 < 40
+    for row, m, lp, e in zip(out.response_ids, out.response_mask, out.logprobs, ends):
+        assert m.tolist() == [1] * (e + 1) + [0] * (len(m) - e - 1)
+        assert (row[e + 1 :] == tok.pad_token_id).all() and (lp[e + 1 :] == 0).all()
+        assert (lp[: e + 1] < 0).all()
+    assert late.response_ids.shape[1] == 40 and not (late.response_ids == eos).any()
+    assert late.response_mask.all()
+    # banned EOS still counts in the log-probs: near log(1/2) wherever it held half the mass
+    assert late.logprobs.mean() < math.log(0.5) + 0.1
+
+
+def test_generation_restores_training_mode(lm, one_thread):
+    model, tok = lm
+    model.train()
+    try:
+        generate(model, *prompts(tok), SamplingOptions(2), tok.eos_token_id, tok.pad_token_id)
+        assert model.training
+    finally:
+        model.eval()
