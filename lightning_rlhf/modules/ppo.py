@@ -87,11 +87,11 @@ class PPOOptions:
         max_grad_norm: clip the gradient norm to this; None: no clipping.
         samples_per_prompt: responses sampled per prompt in each rollout (the group size of
             ``GroupRelative`` and ``LeaveOneOut``).
-        reuse_sampling_logprobs: π_old's log-probs are those the sampler computed while drawing
-            the tokens (no forward over the rollout for them, as in TRL's PPO). The cached
-            one-token forwards round differently from a full forward (fp32 ~1e-6, bf16 ~1e-2), so
-            the first ratio is near 1, not exactly 1. False recomputes π_old in one full forward.
-            A value head on the policy's trunk needs that forward anyway, and uses its log-probs.
+        reuse_sampling_logprobs: π_old's log-probs are those the sampler computed from the logits
+            it drew from (no second forward over the rollout for them). The cached one-token
+            forwards round differently from a full forward (fp32 ~1e-6, bf16 ~1e-2), so the first
+            ratio is near 1, not exactly 1; False recomputes π_old in one full forward, for an
+            exact 1. A value head on the policy's trunk needs that forward anyway and uses it.
     """
 
     ppo_epochs: int = 4
@@ -103,7 +103,7 @@ class PPOOptions:
     whiten_advantages: bool = True
     max_grad_norm: float | None = 1.0
     samples_per_prompt: int = 1
-    reuse_sampling_logprobs: bool = False
+    reuse_sampling_logprobs: bool = True
 
     def __post_init__(self) -> None:
         for name in ("ppo_epochs", "num_minibatches", "samples_per_prompt"):
