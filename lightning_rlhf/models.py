@@ -150,9 +150,7 @@ def _from_pretrained(auto_cls, name_or_path: str, options: ModelOptions, **kwarg
             f"'{name_or_path}' is a model of another kind ({_architectures(name_or_path)}) that "
             f"cannot be loaded as a {kind}, which this stage needs"
         ) from None
-    nonfinite = [
-        n for n, p in model.named_parameters() if not p.is_meta and not torch.isfinite(p).all()
-    ]
+    nonfinite = [n for n, p in model.named_parameters() if not p.is_meta and _nonfinite(p)]
     if nonfinite:  # caught here, not as a sampling error deep inside generate()
         raise ValueError(
             f"'{name_or_path}' holds non-finite weights (NaN or Inf) in {len(nonfinite)} tensors "
@@ -163,6 +161,12 @@ def _from_pretrained(auto_cls, name_or_path: str, options: ModelOptions, **kwarg
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     return model, sorted(info.get("missing_keys", []))
+
+
+def _nonfinite(t: torch.Tensor) -> bool:
+    """Any NaN or Inf in ``t``: one reading pass (a float32 sum is finite when every value is),
+    the element-wise test only where the sum is not (NaN/Inf, or finite values that overflow)."""
+    return not torch.isfinite(t.sum(dtype=torch.float32)) and not torch.isfinite(t).all()
 
 
 def _architectures(name_or_path: str) -> str:

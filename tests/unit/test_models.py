@@ -95,3 +95,17 @@ def test_pickled_weights_are_refused(tiny_model_dir, tmp_path):
 
 def test_trust_remote_code_is_off_by_default():
     assert ModelOptions().trust_remote_code is False
+
+
+def test_nonfinite_weight_check_reads_once_and_is_exact():
+    from lightning_rlhf.models import _nonfinite
+
+    w = torch.randn(64, 32)
+    assert not _nonfinite(w) and not _nonfinite(w.bfloat16())
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        v = w.clone()
+        v[3, 5] = bad
+        assert _nonfinite(v) and _nonfinite(v.bfloat16())
+    # finite values whose float32 sum overflows are still finite weights
+    assert not _nonfinite(torch.full((4,), 3e38))
+    assert not _nonfinite(torch.tensor([3e38, 3e38, -3e38]))
