@@ -43,7 +43,11 @@ def token_logprobs(logits: Tensor, labels: Tensor, chunk_size: int = 1024) -> Te
     B, T, V = logits.shape
     if B * T == 0:
         return logits.new_zeros((B, T), dtype=torch.float32)
-    rows = zip(logits.reshape(B * T, V).split(chunk_size), labels.reshape(B * T).split(chunk_size))
+    flat, flat_labels = logits.reshape(B * T, V), labels.reshape(B * T)
+    if chunk_size >= B * T:  # one chunk: no split, whose backward would copy the whole gradient
+        rows = [(flat, flat_labels)]
+    else:
+        rows = zip(flat.split(chunk_size), flat_labels.split(chunk_size))
     chunks = [
         -F.cross_entropy(z.float(), y, ignore_index=_IGNORE_INDEX, reduction="none")
         for z, y in rows
