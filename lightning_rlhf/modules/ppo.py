@@ -89,9 +89,10 @@ class PPOOptions:
             ``GroupRelative`` and ``LeaveOneOut``).
         reuse_sampling_logprobs: π_old's log-probs are those the sampler computed from the logits
             it drew from (no second forward over the rollout for them). The cached one-token
-            forwards round differently from a full forward (fp32 ~1e-6, bf16 ~1e-2), so the first
-            ratio is near 1, not exactly 1; False recomputes π_old in one full forward, for an
-            exact 1. A value head on the policy's trunk needs that forward anyway and uses it.
+            forwards round differently from a full forward (fp32 ~1e-6, bf16 ~1e-2 per token), so
+            the first ratio is near 1 and the KL to an identical πref near 0, not exactly; False
+            recomputes π_old in one full forward for exact values (worth it under bf16). A value
+            head on the policy's trunk needs that forward anyway and uses it.
     """
 
     ppo_epochs: int = 4
