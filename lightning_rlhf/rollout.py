@@ -3,7 +3,8 @@
 One prefill forward over the left-padded prompts, then one single-token forward per new token
 against the model's KV cache. Tokens are drawn by inverse transform sampling (a cumulative sum
 and one uniform number per row), not by ``torch.multinomial``, whose CPU kernel draws one
-exponential number per vocabulary entry (a tenth of a 32k-vocabulary generation step on a CPU).
+exponential number per vocabulary entry (a quarter of a generation's time at a 32k vocabulary
+on a CPU).
 The sampled tokens' log-probabilities under the policy at the sampling temperature come out of the
 same logits, so PPO can use them as π_old without another forward.
 

@@ -397,7 +397,7 @@ class PPOModule(PolicyModule):
         raw, scores = self._score(prompts, texts, response_mask, response_ids)
         partial = Rollout(query_ids, query_mask, response_ids, response_mask, *([None] * 7))
         was_training = self.model.training
-        self.model.eval()  # no dropout in π_old: the ratio starts at exactly 1
+        self.model.eval()  # no dropout in these forwards: the sampler's ran in eval mode too
         if self.ppo.reuse_sampling_logprobs and not self._value_head_on_policy:
             logprobs, states = generation.logprobs, None
         else:
