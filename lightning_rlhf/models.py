@@ -344,6 +344,12 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long() * (positions + 1)).argmax(dim=1)  # +1: an all-pad row gives 0
 
 
+def padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) position ids that count real tokens only (0 on left padding), as the model saw them
+    in training: under left padding a row's first real token is at position 0."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def token_scalars(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -361,8 +367,8 @@ def token_scalars(
     if head is None:
         raise ValueError(f"{type(base).__name__} has no `score` or `classifier` head")
     trunk = getattr(base, base.base_model_prefix)
-    if position_ids is None:  # left padding: positions count real tokens only
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    if position_ids is None:
+        position_ids = padded_positions(attention_mask)
     hidden = trunk(
         input_ids=input_ids,
         attention_mask=attention_mask,

@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from lightning_rlhf.models import padded_positions
+
 
 @dataclass
 class SamplingOptions:
@@ -189,7 +191,7 @@ def generate(
     model.eval()  # no dropout; gradient checkpointing (training only) would drop the cache
     try:
         mask = attention_mask.long()
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, P) left padding: count real tokens
+        positions = padded_positions(mask)  # (B, P)
         out = model(
             input_ids=input_ids,
             attention_mask=mask,

@@ -46,6 +46,7 @@ from lightning_rlhf.models import (
     check_same_tokenizer,
     load_scalar_model,
     lora_config,
+    padded_positions,
     token_scalars,
     train_only_adapters,
 )
@@ -317,7 +318,7 @@ class PPOModule(PolicyModule):
     def _sequence(self, r: Rollout | Any, idx: Tensor | slice = slice(None)):
         ids = torch.cat([r.query_ids[idx], r.response_ids[idx]], dim=1)  # (b, P + R)
         mask = torch.cat([r.query_mask[idx], r.response_mask[idx]], dim=1)
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: count real tokens
+        positions = padded_positions(mask)
         return ids, mask, positions
 
     def _policy_outputs(self, model: nn.Module, r, idx, hidden: bool = False):
