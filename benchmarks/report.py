@@ -127,7 +127,12 @@ def markdown(results: dict[str, Any]) -> str:
         ),
         f"Command: `{results['command']}` — {results['repeats']} runs per side, alternating "
         "A B A B in separate processes; median (min–max) over runs; ratios: median (min–max) of "
-        "the ratio within each round.",
+        "the ratio within each round."
+        + (
+            " Primed: each variable-length case ran once, untimed, before round 1."
+            if results.get("primed")
+            else ""
+        ),
         "",
         "| case | side | throughput | tokens/s | MFU (of the case's dtype peak) | peak memory MB |",
         "|---|---|---|---|---|---|",

@@ -45,6 +45,7 @@ class StageModule(LightningModule):
     """
 
     nan_policy: str = "raise"
+    _loss_checked: bool = False  # check_finite passed the loss about to be back-propagated
 
     def __init__(
         self,
@@ -86,7 +87,9 @@ class StageModule(LightningModule):
     def check_finite(self, name: str, value: torch.Tensor) -> bool:
         """True when ``value`` is all finite; otherwise raise (``nan_policy: raise``) or warn and
         return False (``"skip"``), naming the quantity and the step."""
-        if torch.isfinite(value).all():
+        finite = bool(torch.isfinite(value).all())  # reads a device value: one host sync
+        self._loss_checked = finite and name == "loss"
+        if finite:
             return True
         bad = int((~torch.isfinite(value)).sum())
         message = f"non-finite {name} ({bad} of {value.numel()} values) at step {self.global_step}"
@@ -160,8 +163,10 @@ class StageModule(LightningModule):
 
     def on_before_backward(self, loss: torch.Tensor) -> None:
         # the last line of defence, whatever the policy: a non-finite loss must never reach the
-        # weights (a checkpoint written after it would hold NaN)
-        if not torch.isfinite(loss).all():
+        # weights (a checkpoint written after it would hold NaN). A loss the step has just
+        # checked is not read again (Lightning hands over loss / accumulation, finite alike).
+        checked, self._loss_checked = self._loss_checked, False
+        if not checked and not torch.isfinite(loss).all():
             raise FloatingPointError(
                 f"non-finite loss at step {self.global_step}: not back-propagated; the last "
                 "checkpoint is the last good state"

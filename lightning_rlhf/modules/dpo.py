@@ -192,10 +192,9 @@ class DPOModule(PolicyModule):
         :func:`sequence_logprobs`), with the LM head run on the positions that predict a
         response token only: prompt and pad positions cost the trunk, not the vocabulary."""
         labels = ids.masked_fill(response_mask == 0, -100)  # (rows, T)
-        logits, targets = completion_logits(model, LMBatch(ids, mask, labels))  # (1, N, V), (1, N)
+        logits, targets, index = completion_logits(model, LMBatch(ids, mask, labels))
         per_token = token_logprobs(logits, targets)[0]  # (N,)
-        # completion_logits keeps positions t whose next token is learned, in row-major order
-        rows = (labels[:, 1:] != -100).nonzero()[:, 0]  # (N,) the row of each kept position
+        rows = index // ids.shape[1]  # (N,) the row of each kept position
         return per_token.new_zeros(len(ids)).index_add(0, rows, per_token)
 
     @torch.no_grad()

@@ -459,7 +459,7 @@ class PPOModule(PolicyModule):
             stats["entropy"] = masked_mean(entropy_from_logits(logits), mask)
         return loss, {**stats, "loss": loss.detach()}
 
-    def _minibatch_step(self, r: Rollout, minibatch: Tensor, totals: dict[str, float]) -> int:
+    def _minibatch_step(self, r: Rollout, minibatch: Tensor, totals: dict[str, Tensor]) -> int:
         """One optimizer step on ``minibatch`` (rows of the rollout), accumulated over micro-batches.
 
         Each micro-batch's loss is a token mean, weighted by its share of the minibatch's rows.
@@ -473,8 +473,8 @@ class PPOModule(PolicyModule):
                 opt.zero_grad()  # the step is skipped whole: no half-accumulated gradient
                 return done
             self.manual_backward(loss * len(m) / len(minibatch))
-            for key, value in stats.items():
-                totals[key] = totals.get(key, 0.0) + value.item()
+            for key, value in stats.items():  # summed on the device: no sync per micro-batch
+                totals[key] = totals.get(key, 0.0) + value.detach().float()
             done += 1
         if self._lightning_clips():
             if self.ppo.max_grad_norm is not None:
@@ -486,10 +486,10 @@ class PPOModule(PolicyModule):
         self.lr_schedulers().step()
         return done
 
-    def update(self, r: Rollout) -> dict[str, float]:
+    def update(self, r: Rollout) -> dict[str, Tensor]:
         """ppo_epochs × num_minibatches optimizer steps over the rollout; mean statistics."""
         n = r.response_ids.shape[0]
-        totals: dict[str, float] = {}
+        totals: dict[str, Tensor] = {}
         count = 0
         for _ in range(self.ppo.ppo_epochs):
             order = torch.randperm(n, device=r.response_ids.device)
@@ -516,7 +516,7 @@ class PPOModule(PolicyModule):
         info["time/update"] = time.perf_counter() - t0
         self._log_iteration(rollout, info, stats)
 
-    def _log_iteration(self, r: Rollout, info: dict[str, Any], stats: dict[str, float]) -> None:
+    def _log_iteration(self, r: Rollout, info: dict[str, Any], stats: dict[str, Tensor]) -> None:
         mask = r.response_mask.float()
         log_ratio = r.logprobs - r.ref_logprobs  # (B, R), log π_old − log π_ref
         per_seq = {
@@ -533,7 +533,7 @@ class PPOModule(PolicyModule):
             "train/beta": torch.tensor(self.kl_controller.beta),
             "train/response_length": mask.sum(1).mean(),
             "train/eos_rate": eos.mean(),
-            **{f"train/{k}": torch.tensor(v) for k, v in stats.items()},
+            **{f"train/{k}": v for k, v in stats.items()},
             **{
                 k: torch.tensor(info[k]) for k in ("time/generation", "time/scoring", "time/update")
             },

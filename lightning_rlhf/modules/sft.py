@@ -19,20 +19,28 @@ from lightning_rlhf.rollout import SamplingOptions
 from lightning_rlhf.types import LMBatch
 
 
-def completion_logits(model: torch.nn.Module, batch: LMBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits at the N positions whose next token is learned, (1, N, V), and those tokens, (1, N).
+def completion_logits(
+    model: torch.nn.Module, batch: LMBatch
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits at the N positions whose next token is learned, (1, N, V), those tokens, (1, N),
+    and the positions, (N,) flat indices ``b * T + t`` into the (B, T) batch, row-major.
 
     The LM head runs on those positions only: prompt and pad positions cost the trunk but not the
     vocabulary projection (half the head's FLOPs when prompts are as long as completions). A
     forward pre-hook hands the head the selected hidden states, so the model's own code still
     applies whatever it does after the head (logit scaling, soft-capping).
     """
-    targets = batch.labels[:, 1:]  # (B, T-1): position t predicts token t + 1
-    keep = F.pad(targets != -100, (0, 1), value=False)  # (B, T)
+    targets = F.pad(batch.labels[:, 1:], (0, 1), value=-100)  # (B, T): t predicts token t + 1
+    # an index, not a boolean mask: N is read once here (one device-to-host sync); boolean
+    # indexing reads it again for the targets and in the backward pass
+    index = (targets.reshape(-1) != -100).nonzero().squeeze(1)  # (N,)
+
+    def gather(x: torch.Tensor) -> torch.Tensor:  # (B, T, ...) -> (1, N, ...)
+        return x.flatten(0, 1).index_select(0, index).unsqueeze(0)
 
     def select(head, args):
         hidden = args[0]  # (B, T, H) from a model that runs its head on every position
-        return (hidden[keep].unsqueeze(0), *args[1:]) if hidden.shape[:2] == keep.shape else None
+        return (gather(hidden), *args[1:]) if hidden.shape[:2] == targets.shape else None
 
     handle = model.get_output_embeddings().register_forward_pre_hook(select)
     try:
@@ -44,9 +52,9 @@ def completion_logits(model: torch.nn.Module, batch: LMBatch) -> tuple[torch.Ten
         ).logits
     finally:
         handle.remove()
-    if logits.shape[:2] == keep.shape:  # the head did not see (B, T) states: select after it
-        logits = logits[keep].unsqueeze(0)
-    return logits, targets[targets != -100].unsqueeze(0)
+    if logits.shape[:2] == targets.shape:  # the head did not see (B, T) states: select after it
+        logits = gather(logits)
+    return logits, targets.reshape(-1)[index].unsqueeze(0), index
 
 
 class SFTModule(PolicyModule):
@@ -91,7 +99,7 @@ class SFTModule(PolicyModule):
         self.val_token_accuracy = MeanMetric()
 
     def _loss(self, batch: LMBatch):
-        logits, targets = completion_logits(self.model, batch)  # (1, N, V), (1, N)
+        logits, targets, _ = completion_logits(self.model, batch)  # (1, N, V), (1, N)
         return completion_nll(logits, targets)
 
     def training_step(self, batch: LMBatch, batch_idx: int) -> torch.Tensor | None:
