@@ -5,10 +5,12 @@
 
 On a GPU a model of a few hundred million parameters is launch-bound at modest batch sizes (the
 CPU issues the kernels more slowly than the GPU runs them), so every operation a framework adds to
-a step costs time there. This counts the aten operations that would launch work (views and
-allocations left out) in the third training step of each side, on the CPU, and lists where they
-differ: fused optimiser and clipping on both sides, completion-only loss on ours, full-sequence
-cross-entropy on the raw loop.
+a step costs time there, and so does each read of a device value on the host (``.item()``, an
+``if`` on a tensor, boolean indexing), which waits for the queued kernels. This counts the aten
+operations that would launch work (views and allocations left out) and the host reads in the
+third training step of each side, on the CPU, and lists where the operations differ: fused
+optimiser and clipping on both sides, completion-only loss on ours, full-sequence cross-entropy
+on the raw loop.
 """
 
 from __future__ import annotations
@@ -30,27 +32,38 @@ NO_WORK = {  # views, metadata and allocations: no kernel on a GPU
     "resolve_conj", "resolve_neg", "split", "unbind", "split_with_sizes", "_reshape_alias",
     "new_empty", "empty_like", "new_empty_strided", "set_", "is_same_size", "_local_scalar_dense",
 }  # fmt: skip
+# operations that read a device value on the host (a scalar, or a result's data-dependent size):
+# on a GPU each one waits for every kernel queued before it
+HOST_READS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2"}
+
+
+def _bool_index(args) -> bool:
+    indices = args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else ()
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices)
 
 
 class Count(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.ops: collections.Counter[str] = collections.Counter()
+        self.host_reads: collections.Counter[str] = collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.__name__.split(".")[0]
         if name not in NO_WORK:
             self.ops[name] += 1
+        if name in HOST_READS or (name.startswith(("index", "_index_put")) and _bool_index(args)):
+            self.host_reads[name] += 1  # boolean indexing: the result's size is the mask's sum
         return func(*args, **(kwargs or {}))
 
 
-def ours(model_dir: str, data: str, precision: str, steps: int) -> collections.Counter:
+def ours(model_dir: str, data: str, precision: str, steps: int) -> Count:
     from lightning_rlhf.data.sft import SFTDataModule
     from lightning_rlhf.models import ModelOptions
     from lightning_rlhf.modules.sft import SFTModule
     from lightning_rlhf.optim import ScheduleOptions
 
-    counts: list[collections.Counter] = []
+    counts: list[Count] = []
 
     class CountSteps(L.Callback):
         def on_train_batch_start(self, *args) -> None:
@@ -59,7 +72,7 @@ def ours(model_dir: str, data: str, precision: str, steps: int) -> collections.C
 
         def on_train_batch_end(self, *args) -> None:
             self.mode.__exit__(None, None, None)
-            counts.append(self.mode.ops)
+            counts.append(self.mode)
 
     module = SFTModule(
         model_dir,
@@ -87,7 +100,7 @@ def ours(model_dir: str, data: str, precision: str, steps: int) -> collections.C
     return counts[-1]
 
 
-def raw(model_dir: str, precision: str, steps: int) -> collections.Counter:
+def raw(model_dir: str, precision: str, steps: int) -> Count:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).train()
@@ -106,7 +119,7 @@ def raw(model_dir: str, precision: str, steps: int) -> collections.Counter:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
-    return mode.ops
+    return mode
 
 
 def main() -> None:
@@ -117,9 +130,15 @@ def main() -> None:
     torch.set_num_threads(1)
     root = assets.build(Path(__file__).parent / ".cache", args.model, assets.DataSpec())
     model_dir, data = str(root / "lm"), str(root / "data" / "sft_fixed.jsonl")
-    a, b = ours(model_dir, data, args.precision, 3), raw(model_dir, args.precision, 3)
+    ours_step, raw_step = (
+        ours(model_dir, data, args.precision, 3),
+        raw(model_dir, args.precision, 3),
+    )
+    reads = {side: dict(step.host_reads) for side, step in (("ours", ours_step), ("raw", raw_step))}
+    a, b = ours_step.ops, raw_step.ops
     print(
         f"\n{args.model}, {args.precision}: operations per step, ours {a.total()}, raw {b.total()}"
+        f"; host reads of device values {reads}"
     )
     for name in sorted(a.keys() | b.keys(), key=lambda k: -abs(a[k] - b[k])):
         if a[name] != b[name]:
