@@ -236,5 +236,9 @@ def generate(
 
 def decode_responses(tokenizer, response_ids: Tensor, mask: Tensor) -> list[str]:
     """Response texts without padding and special tokens."""
-    rows = [ids[m.bool()].tolist() for ids, m in zip(response_ids, mask)]
+    # two copies to the host for the batch, not two reads per row
+    rows = [
+        [t for t, m in zip(ids, keep) if m]
+        for ids, keep in zip(response_ids.tolist(), mask.tolist())
+    ]
     return tokenizer.batch_decode(rows, skip_special_tokens=True)

@@ -172,3 +172,17 @@ def test_generation_restores_training_mode(lm, one_thread):
         assert model.training
     finally:
         model.eval()
+
+
+def test_decode_responses_keeps_the_masked_tokens_of_each_row(tokenizer):
+    from lightning_rlhf.rollout import decode_responses
+
+    rows = ["hello", "ok", "a longer answer"]
+    encoded = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in rows]
+    width = max(map(len, encoded)) + 2
+    ids = torch.full((3, width), tokenizer.pad_token_id)
+    mask = torch.zeros(3, width, dtype=torch.long)
+    for i, e in enumerate(encoded):
+        ids[i, : len(e)], mask[i, : len(e)] = torch.tensor(e), 1
+    ids[1, len(encoded[1])] = tokenizer.encode("X", add_special_tokens=False)[0]  # not in the mask
+    assert decode_responses(tokenizer, ids, mask) == rows
