@@ -44,23 +44,27 @@ def packed_sequence_scores(
         attention_mask: (N, T) 1 on real tokens.
         pad_id: token filling the end of each packed row (each pad attends only to itself).
     """
-    real = attention_mask.bool()
+    device = input_ids.device
+    # the packing is host work: one copy of the batch to the host, then one of the rows back
+    # (on a GPU, slicing the device tensors would read each sequence's length there)
+    input_ids, real = input_ids.cpu(), attention_mask.cpu().bool()
     lengths = real.sum(1).tolist()
     rows = pack_rows(lengths, input_ids.shape[1])
     width = max(sum(lengths[i] for i in row) for row in rows)
     ids = input_ids.new_full((len(rows), width), pad_id)  # (R, W)
     positions = torch.zeros_like(ids)
-    last = torch.empty(len(lengths), 2, dtype=torch.long)  # (row, column) of each last token
+    last = torch.empty(len(lengths), dtype=torch.long)  # flat index r * W + c of each last token
     for r, row in enumerate(rows):
         col = 0
         for i in row:
             n = lengths[i]
             ids[r, col : col + n] = input_ids[i][real[i]]
             positions[r, col : col + n] = torch.arange(n)
-            last[i] = torch.tensor([r, col + n - 1])
+            last[i] = r * width + col + n - 1
             col += n
-    values = token_scalars(model, ids, None, positions)  # (R, W); no mask: packed positions
-    return values[last[:, 0].to(values.device), last[:, 1].to(values.device)]
+    # no mask: packed positions
+    values = token_scalars(model, ids.to(device), None, positions.to(device))  # (R, W)
+    return values.flatten()[last.to(device)]
 
 
 class RewardModule(StageModule):
