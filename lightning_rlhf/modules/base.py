@@ -46,6 +46,7 @@ class StageModule(LightningModule):
 
     nan_policy: str = "raise"
     _loss_checked: bool = False  # check_finite passed the loss about to be back-propagated
+    _pending_losses: list[torch.Tensor] = []  # check_loss: read with the gradients' norm
 
     def __init__(
         self,
@@ -98,6 +99,22 @@ class StageModule(LightningModule):
         rank_zero_warn(f"{message}; step skipped")
         return False
 
+    def check_loss(self, loss: torch.Tensor) -> bool:
+        """Whether a training step may go on with ``loss`` (automatic optimisation).
+
+        Where the stage checks its gradients itself, the loss is read on the host with their
+        norm, before the optimizer step: one read of the device a step instead of two, and none
+        between the forward and the backward pass (on a GPU a read there waits for the forward
+        and leaves the GPU idle while the host carries on). A non-finite loss then raises or, under
+        ``nan_policy: skip``, drops the step's gradients (the optimizer step changes nothing).
+        Where Lightning clips (fp16, DeepSpeed) it is read at once (:meth:`check_finite`).
+        Returns False when the step is to be skipped now: the training step returns None.
+        """
+        if self._trainer is not None and self._lightning_clips():  # (a step run by hand: none)
+            return self.check_finite("loss", loss)
+        self._pending_losses = [*self._pending_losses, loss.detach()]
+        return True
+
     def configure_gradient_clipping(
         self,
         optimizer: torch.optim.Optimizer,
@@ -141,32 +158,58 @@ class StageModule(LightningModule):
         if isinstance(self.trainer.strategy, FSDPStrategy):
             # FSDP's own clip_grad_norm_ reduces the norm across ranks; max_norm=inf only measures
             norm = self.trainer.strategy.model.clip_grad_norm_(max_norm or float("inf"))
-            self._raise_if_nonfinite_gradient(norm)
+            self._check_step_finite(norm, optimizer)
             return norm
         params = [p for group in optimizer.param_groups for p in group["params"]]
         params = [p for p in params if p.grad is not None]
         if not params:
+            self._pending_losses = []
             return torch.zeros(())
         # one fused pass over the gradients for the norm, one to scale them
         norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
-        self._raise_if_nonfinite_gradient(norm)
-        if max_norm is not None:
+        if self._check_step_finite(norm, optimizer) and max_norm is not None:
             torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
         return norm
 
-    def _raise_if_nonfinite_gradient(self, norm: torch.Tensor) -> None:
-        if not torch.isfinite(norm):
-            raise FloatingPointError(
-                f"non-finite gradient at step {self.global_step}: the optimizer step was not "
-                "taken; the last checkpoint is the last good state"
+    def _check_step_finite(self, norm: torch.Tensor, optimizer: torch.optim.Optimizer) -> bool:
+        """Before the optimizer step, one read of the device: the gradients' norm and the losses
+        :meth:`check_loss` kept since the last step. False: a non-finite loss under "skip", whose
+        gradients were dropped; a non-finite gradient of finite losses always raises."""
+        losses, self._pending_losses = self._pending_losses, []
+        ok = torch.isfinite(norm)
+        if losses:  # (batches of this optimizer step,) one flag each
+            finite = torch.isfinite(torch.stack([x.float().reshape(()) for x in losses]))
+            ok = ok & finite.to(ok.device).all()
+        if ok:
+            return True
+        if losses and not finite.all():
+            bad = int((~finite).sum())
+            message = (
+                f"non-finite loss (in {bad} of the {len(losses)} batches of this optimizer step) "
+                f"at step {self.global_step}"
             )
+            if self.nan_policy == "raise":
+                raise FloatingPointError(
+                    f"{message}; the optimizer step was not taken; the last checkpoint is the "
+                    "last good state"
+                )
+            rank_zero_warn(f"{message}; step skipped")
+            optimizer.zero_grad(set_to_none=True)
+            return False
+        raise FloatingPointError(
+            f"non-finite gradient at step {self.global_step}: the optimizer step was not "
+            "taken; the last checkpoint is the last good state"
+        )
 
     def on_before_backward(self, loss: torch.Tensor) -> None:
         # the last line of defence, whatever the policy: a non-finite loss must never reach the
         # weights (a checkpoint written after it would hold NaN). A loss the step has just
-        # checked is not read again (Lightning hands over loss / accumulation, finite alike).
+        # checked is not read again (Lightning hands over loss / accumulation, finite alike),
+        # nor one check_loss has kept: it is read with the gradients, before the optimizer step.
         checked, self._loss_checked = self._loss_checked, False
-        if not checked and not torch.isfinite(loss).all():
+        if checked or self._pending_losses:
+            return
+        if not torch.isfinite(loss).all():
             raise FloatingPointError(
                 f"non-finite loss at step {self.global_step}: not back-propagated; the last "
                 "checkpoint is the last good state"

@@ -239,7 +239,7 @@ class DPOModule(PolicyModule):
 
     def training_step(self, batch: PreferenceBatch, batch_idx: int) -> Tensor | None:
         loss, stats = self._step(batch, "train")
-        if not self.check_finite("loss", loss):
+        if not self.check_loss(loss):
             return None  # Lightning skips the backward pass and the optimizer step
         self.log("train/loss", stats.pop("loss"), prog_bar=True)
         self.log_dict({f"train/{k}": v for k, v in stats.items()})

@@ -148,7 +148,7 @@ class RewardModule(StageModule):
 
     def training_step(self, batch: PreferenceBatch, batch_idx: int) -> torch.Tensor | None:
         loss, stats, _, _ = self._step(batch)
-        if not self.check_finite("loss", loss):
+        if not self.check_loss(loss):
             return None  # Lightning skips the backward pass and the optimizer step
         self.log("train/loss", loss, prog_bar=True)
         self.log_dict({f"train/{k}": v for k, v in stats.items() if k != "bt_loss"})

@@ -104,7 +104,7 @@ class SFTModule(PolicyModule):
 
     def training_step(self, batch: LMBatch, batch_idx: int) -> torch.Tensor | None:
         loss, stats = self._loss(batch)
-        if not self.check_finite("loss", loss):
+        if not self.check_loss(loss):
             return None  # Lightning skips the backward pass and the optimizer step
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/token_accuracy", stats["token_accuracy"])

@@ -6,6 +6,7 @@ import functools
 import lightning as L
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lightning_rlhf import SFTDataModule
 from lightning_rlhf.modules.sft import SFTModule
@@ -98,3 +99,57 @@ def test_trainer_clipping_by_value_clamps_each_element(tiny_model_dir):
     next(module.model.parameters()).grad[0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="non-finite gradient"):
         module.configure_gradient_clipping(opt, 0.01, "value")
+
+
+class HostReads(TorchDispatchMode):
+    """Counts the reads of a tensor's value on the host (``.item()``, ``bool(tensor)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func.__name__.startswith("_local_scalar_dense")
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_step_s_losses_are_read_with_the_gradient_norm_in_one_host_read(tiny_model_dir):
+    module, opt = module_with_grads(tiny_model_dir, scale=1.0)
+    for loss in (torch.tensor(2.0), torch.tensor(1.5)):  # two accumulated batches
+        assert module.check_loss(loss)
+        with HostReads() as reads:
+            module.on_before_backward(loss)  # not read here: with the gradients, below
+        assert reads.count == 0
+    with HostReads() as reads:
+        module.clip_and_check_gradients(opt, 1.0)
+    assert reads.count == 1 and module._pending_losses == []
+
+
+@pytest.mark.parametrize("policy", ["raise", "skip"])
+def test_a_nonfinite_loss_is_named_and_raises_or_drops_the_step_s_gradients(tiny_model_dir, policy):
+    module, opt = module_with_grads(tiny_model_dir, scale=1.0)
+    module.nan_policy = policy
+    module.check_loss(torch.tensor(1.0))
+    module.check_loss(torch.tensor(float("nan")))  # the second of two accumulated batches
+    message = r"non-finite loss \(in 1 of the 2 batches of this optimizer step\) at step 0"
+    if policy == "raise":
+        with pytest.raises(FloatingPointError, match=message):
+            module.clip_and_check_gradients(opt, 1.0)
+        return
+    with pytest.warns(UserWarning, match=message + "; step skipped"):
+        module.clip_and_check_gradients(opt, 1.0)
+    assert all(p.grad is None for p in module.model.parameters())  # the step changes nothing
+    # the next step's finite loss and gradients pass
+    for p in module.model.parameters():
+        p.grad = torch.ones_like(p)
+    module.check_loss(torch.tensor(1.0))
+    module.clip_and_check_gradients(opt, 1.0)
+
+
+def test_an_inf_gradient_of_finite_losses_raises_under_either_policy(tiny_model_dir):
+    module, opt = module_with_grads(tiny_model_dir, scale=1.0)
+    module.nan_policy = "skip"
+    module.check_loss(torch.tensor(1.0))
+    next(module.model.parameters()).grad[0, 0] = float("inf")
+    with pytest.raises(FloatingPointError, match="non-finite gradient at step 0"):
+        module.clip_and_check_gradients(opt, 1.0)
