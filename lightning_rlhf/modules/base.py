@@ -115,6 +115,22 @@ class StageModule(LightningModule):
         self._pending_losses = [*self._pending_losses, loss.detach()]
         return True
 
+    def log_stats(self, stats: dict[str, torch.Tensor], **kwargs: Any) -> None:
+        """``self.log_dict`` for a training step's logger-only statistics, on the steps whose
+        metrics a logger writes (every ``trainer.log_every_n_steps``). Lightning writes only the
+        last on-step value, and each ``self.log`` costs about a millisecond of host time (its
+        result collection) that a GPU waits through when a step is bound by the host; between
+        writes the statistics are not logged (a callback that monitors them on every step would
+        not see them: monitor the loss, logged every step)."""
+        trainer = self._trainer
+        if trainer is not None:
+            if not trainer.loggers:
+                return
+            # Lightning's own test for "this step's metrics are written"; absent: log every step
+            if not getattr(trainer._logger_connector, "should_update_logs", True):
+                return
+        self.log_dict(stats, **kwargs)
+
     def configure_gradient_clipping(
         self,
         optimizer: torch.optim.Optimizer,

@@ -242,7 +242,7 @@ class DPOModule(PolicyModule):
         if not self.check_loss(loss):
             return None  # Lightning skips the backward pass and the optimizer step
         self.log("train/loss", stats.pop("loss"), prog_bar=True)
-        self.log_dict({f"train/{k}": v for k, v in stats.items()})
+        self.log_stats({f"train/{k}": v for k, v in stats.items()})
         return loss
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:

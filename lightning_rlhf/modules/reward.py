@@ -151,7 +151,7 @@ class RewardModule(StageModule):
         if not self.check_loss(loss):
             return None  # Lightning skips the backward pass and the optimizer step
         self.log("train/loss", loss, prog_bar=True)
-        self.log_dict({f"train/{k}": v for k, v in stats.items() if k != "bt_loss"})
+        self.log_stats({f"train/{k}": v for k, v in stats.items() if k != "bt_loss"})
         return loss
 
     def _oracle_agreement(

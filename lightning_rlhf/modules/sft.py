@@ -107,8 +107,9 @@ class SFTModule(PolicyModule):
         if not self.check_loss(loss):
             return None  # Lightning skips the backward pass and the optimizer step
         self.log("train/loss", loss, prog_bar=True)
-        self.log("train/token_accuracy", stats["token_accuracy"])
-        self.log("train/tokens", stats["tokens"], reduce_fx="sum")
+        self.log_stats(
+            {"train/token_accuracy": stats["token_accuracy"], "train/tokens": stats["tokens"]}
+        )
         return loss
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:

@@ -68,3 +68,32 @@ def test_a_checked_loss_is_not_read_again_before_backward_and_an_unchecked_one_i
     assert module.check_finite("rewards", torch.ones(3))
     with pytest.raises(FloatingPointError, match="non-finite loss"):
         module.on_before_backward(nan)
+
+
+def test_step_statistics_are_logged_on_the_steps_a_logger_writes(
+    tiny_model_dir, task_dir, tmp_path
+):
+    import csv
+
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lightning_rlhf import SFTDataModule
+
+    module = SFTModule(tiny_model_dir)
+    logged_at, log_dict = [], module.log_dict
+    module.log_dict = lambda d, **kw: (logged_at.append(module.global_step), log_dict(d, **kw))
+    data = SFTDataModule(
+        str(task_dir / "sft_train.jsonl"), None, tiny_model_dir, val_fraction=0.0, batch_size=4
+    )
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=6, log_every_n_steps=3, logger=CSVLogger(tmp_path),
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    assert logged_at == [2, 5]  # the steps whose metrics the logger writes, and no others
+    with open(trainer.logger.experiment.metrics_file_path) as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/token_accuracy")]
+    assert [int(r["step"]) for r in rows] == [2, 5]
+    assert all(r["train/loss"] and float(r["train/tokens"]) > 0 for r in rows)
