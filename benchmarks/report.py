@@ -129,7 +129,7 @@ def markdown(results: dict[str, Any]) -> str:
         "A B A B in separate processes; median (min–max) over runs; ratios: median (min–max) of "
         "the ratio within each round."
         + (
-            " Primed: each variable-length case ran once, untimed, before round 1."
+            " Primed: each case whose lengths vary ran once, untimed, before round 1."
             if results.get("primed")
             else ""
         ),

@@ -120,7 +120,8 @@ def run_rounds(
     """Every side of every case once per round, the matmul peak first: (runs, peaks).
     ``progress(runs, peaks)`` is called after every run (results survive a later kill).
 
-    ``prime``: before round 1, each variable-length case's first side runs once, untimed. On a
+    ``prime``: before round 1, the first side of each case whose lengths vary (variable-length
+    data; PPO, whose reward model reads re-tokenised text) runs once, untimed. On a
     GPU the first process to meet a new sequence length pays a one-off cost for it (1.2-1.8 s
     per new length on an H200, 2026-11-26), and a cache that outlives the process spares every
     later one: unprimed, whichever side ran first was charged for the machine's cold start.
@@ -128,8 +129,10 @@ def run_rounds(
     out_dir = CACHE / "runs" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True)
     for case in cases if prime else ():
-        if "var" not in case.data:
-            continue  # fixed shapes: the warm-up steps meet every one
+        # fixed shapes: the warm-up steps meet every one. PPO's sequences are of one length, but
+        # ours' reward model re-tokenises the decoded texts: other lengths every iteration
+        if "var" not in case.data and case.stage != "ppo":
+            continue
         side = case.sides[0]
         config = case.config(side, str(CACHE), threads, seed=0, device=device)
         start = time.perf_counter()
