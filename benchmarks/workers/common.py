@@ -26,6 +26,8 @@ CONFIG: dict[str, Any] = json.loads(Path(sys.argv[1]).read_text()) if len(sys.ar
 torch.set_num_threads(int(CONFIG.get("threads", torch.get_num_threads())))
 torch.manual_seed(int(CONFIG.get("seed", 0)))
 DEVICE = CONFIG.get("device", "cpu")  # "cuda": memory is the GPU's, clocks wait for its queue
+if os.environ.get("BENCH_CUDNN_SDP") == "0":  # an experiment, every side alike: no cuDNN attention
+    torch.backends.cuda.enable_cudnn_sdp(False)  # (it plans each new sequence length anew)
 
 _BASELINE_MB: list[float] = []
 
