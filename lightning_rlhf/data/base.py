@@ -4,6 +4,7 @@ training loader that resumes mid-epoch from a checkpoint."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import torch
@@ -148,6 +149,14 @@ class TextDataModule(LightningDataModule):
             num_workers=hp.get("num_workers", 0),
         )
 
+    def collate(self, fn: Callable) -> Callable:
+        """``fn``, a collate of ``data/collate.py``, with this module's pad id and padding multiple."""
+        return partial(
+            fn,
+            pad_token_id=self.tokenizer.pad_token_id,
+            pad_to_multiple_of=self.hparams.get("pad_to_multiple_of", 1),
+        )
+
     def _check_options(self) -> None:
         """Options every data module has, checked before any file is read."""
         hp = self.hparams
@@ -157,6 +166,10 @@ class TextDataModule(LightningDataModule):
             raise ValueError(f"data.val_fraction must be in [0, 1), got {hp.val_fraction}")
         if hp.get("num_workers", 0) < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {hp.num_workers}")
+        if hp.get("pad_to_multiple_of", 1) < 1:
+            raise ValueError(
+                f"data.pad_to_multiple_of must be at least 1, got {hp.pad_to_multiple_of}"
+            )
 
     def setup(self, stage: str | None = None) -> None:
         from lightning_rlhf.models import load_tokenizer

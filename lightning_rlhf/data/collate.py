@@ -30,60 +30,71 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]
     return rows
 
 
-def pad(seqs: Sequence[Sequence[int]], value: int, side: str = "right") -> torch.Tensor:
-    """(len(seqs), longest) long tensor; ``side="left"`` puts the padding first."""
-    longest = max(len(s) for s in seqs)
-    out = torch.full((len(seqs), longest), value, dtype=torch.long)
+def pad(
+    seqs: Sequence[Sequence[int]], value: int, side: str = "right", multiple: int = 1
+) -> torch.Tensor:
+    """(len(seqs), width) long tensor, ``width`` the longest length rounded up to ``multiple``;
+    ``side="left"`` puts the padding first."""
+    width = -(-max(len(s) for s in seqs) // multiple) * multiple
+    out = torch.full((len(seqs), width), value, dtype=torch.long)
     for i, s in enumerate(seqs):
         if len(s):
-            target = out[i, longest - len(s) :] if side == "left" else out[i, : len(s)]
+            target = out[i, width - len(s) :] if side == "left" else out[i, : len(s)]
             target.copy_(torch.as_tensor(s, dtype=torch.long))
     return out
 
 
-def collate_lm(examples: Sequence[dict], pad_token_id: int) -> LMBatch:
+def collate_lm(examples: Sequence[dict], pad_token_id: int, pad_to_multiple_of: int = 1) -> LMBatch:
     """Examples {"input_ids", "labels"[, "position_ids"]} -> right-padded LMBatch."""
+    m = pad_to_multiple_of
     ids = [e["input_ids"] for e in examples]
     position_ids = None
     if "position_ids" in examples[0]:
-        position_ids = pad([e["position_ids"] for e in examples], 0)
+        position_ids = pad([e["position_ids"] for e in examples], 0, multiple=m)
     return LMBatch(
-        input_ids=pad(ids, pad_token_id),
-        attention_mask=pad([[1] * len(s) for s in ids], 0),
-        labels=pad([e["labels"] for e in examples], -100),
+        input_ids=pad(ids, pad_token_id, multiple=m),
+        attention_mask=pad([[1] * len(s) for s in ids], 0, multiple=m),
+        labels=pad([e["labels"] for e in examples], -100, multiple=m),
         position_ids=position_ids,
     )
 
 
-def collate_prompts(examples: Sequence[dict], pad_token_id: int) -> PromptBatch:
+def collate_prompts(
+    examples: Sequence[dict], pad_token_id: int, pad_to_multiple_of: int = 1
+) -> PromptBatch:
     """Examples {"prompt_ids", "prompt"} -> left-padded PromptBatch."""
     ids = [e["prompt_ids"] for e in examples]
     return PromptBatch(
-        input_ids=pad(ids, pad_token_id, side="left"),
-        attention_mask=pad([[1] * len(s) for s in ids], 0, side="left"),
+        input_ids=pad(ids, pad_token_id, side="left", multiple=pad_to_multiple_of),
+        attention_mask=pad([[1] * len(s) for s in ids], 0, "left", pad_to_multiple_of),
         prompts=[e["prompt"] for e in examples],
     )
 
 
-def collate_preferences(examples: Sequence[dict], pad_token_id: int) -> PreferenceBatch:
+def collate_preferences(
+    examples: Sequence[dict], pad_token_id: int, pad_to_multiple_of: int = 1
+) -> PreferenceBatch:
     """Examples {"chosen_ids", "rejected_ids", "margin", "prompt", "chosen", "rejected"}.
 
     With "chosen_response_len"/"rejected_response_len" (the response's tokens at the end of each
     ids list) the batch carries ``response_mask``; with "index" it carries the pairs' ``index``.
     """
+    m = pad_to_multiple_of
     ids = [e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
     response_mask = None
     if all("chosen_response_len" in e for e in examples):
         lengths = [e["chosen_response_len"] for e in examples] + [
             e["rejected_response_len"] for e in examples
         ]
-        response_mask = pad([[0] * (len(s) - n) + [1] * n for s, n in zip(ids, lengths)], 0)
+        response_mask = pad(
+            [[0] * (len(s) - n) + [1] * n for s, n in zip(ids, lengths)], 0, multiple=m
+        )
     index = None
     if all("index" in e for e in examples):
         index = torch.tensor([e["index"] for e in examples], dtype=torch.long)
     return PreferenceBatch(
-        input_ids=pad(ids, pad_token_id),
-        attention_mask=pad([[1] * len(s) for s in ids], 0),
+        input_ids=pad(ids, pad_token_id, multiple=m),
+        attention_mask=pad([[1] * len(s) for s in ids], 0, multiple=m),
         margin=torch.tensor([float(e.get("margin", 0.0)) for e in examples]),
         prompts=[e["prompt"] for e in examples],
         responses=[e["chosen"] for e in examples] + [e["rejected"] for e in examples],

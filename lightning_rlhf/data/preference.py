@@ -75,6 +75,9 @@ class PreferenceDataModule(TextDataModule):
         margin_column: optional column of required reward margins per pair.
         max_length: longest tokenised prompt + response; longer ones keep the end of the response.
         batch_size: pairs per step and device (each pair is two sequences).
+        pad_to_multiple_of: pad each batch's width up to a multiple of this (1: to its longest
+            row). On a GPU every new width costs attention a new kernel plan (~90 ms a step on an
+            H200 with a 0.5B model, both fused attention passes): 16 or 64 keeps the widths few.
         num_eval_prompts: prompts of the first validation pairs served as a second validation
             loader, for a policy to answer (the DPO stage's oracle score); 0 serves the pairs
             alone, as the reward stage expects.
@@ -98,6 +101,7 @@ class PreferenceDataModule(TextDataModule):
         margin_column: str | None = None,
         max_length: int = 128,
         batch_size: int = 64,
+        pad_to_multiple_of: int = 1,
         num_eval_prompts: int = 0,
         num_workers: int = 0,
         seed: int = 0,
@@ -196,7 +200,7 @@ class PreferenceDataModule(TextDataModule):
         return out
 
     def _collate(self) -> partial:
-        return partial(collate_preferences, pad_token_id=self.tokenizer.pad_token_id)
+        return self.collate(collate_preferences)
 
     def train_dataloader(self) -> DataLoader:
         return self.resumable_loader(self.train_set, self._collate())
@@ -217,6 +221,6 @@ class PreferenceDataModule(TextDataModule):
         prompts = DataLoader(
             self.val_set[: self.hparams.num_eval_prompts],
             batch_size=max(self.hparams.batch_size, 128),
-            collate_fn=partial(collate_prompts, pad_token_id=self.tokenizer.pad_token_id),
+            collate_fn=self.collate(collate_prompts),
         )
         return [pairs, prompts]

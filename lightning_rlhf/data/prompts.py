@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from functools import partial
 from typing import Literal
 
 from torch.utils.data import DataLoader
@@ -39,6 +38,9 @@ class PromptDataModule(TextDataModule):
             (``truncation="left"``) or are dropped and counted (``"drop"``).
         truncation: policy for prompts longer than ``max_prompt_length``.
         batch_size: prompts per rollout and device.
+        pad_to_multiple_of: pad each batch's width up to a multiple of this (1: to its longest
+            row). On a GPU every new width costs attention a new kernel plan (~90 ms a step on an
+            H200 with a 0.5B model, both fused attention passes): 16 or 64 keeps the widths few.
         num_val_prompts: held-out prompts scored at each validation.
         seed: seed of the held-out split and of the shuffle.
         trust_remote_code: allow the tokenizer's own code from the hub.
@@ -59,6 +61,7 @@ class PromptDataModule(TextDataModule):
         max_prompt_length: int = 64,
         truncation: Literal["left", "drop"] = "left",
         batch_size: int = 64,
+        pad_to_multiple_of: int = 1,
         num_val_prompts: int = 500,
         seed: int = 0,
         trust_remote_code: bool = False,
@@ -118,13 +121,13 @@ class PromptDataModule(TextDataModule):
         return out
 
     def train_dataloader(self) -> DataLoader:
-        collate = partial(collate_prompts, pad_token_id=self.tokenizer.pad_token_id)
+        collate = self.collate(collate_prompts)
         return self.resumable_loader(self.train_set, collate, drop_last=True)
 
     def val_dataloader(self) -> DataLoader | list:
         if not self.val_set:
             return []
-        collate = partial(collate_prompts, pad_token_id=self.tokenizer.pad_token_id)
+        collate = self.collate(collate_prompts)
         return DataLoader(
             self.val_set[: self.hparams.num_val_prompts], batch_size=256, collate_fn=collate
         )

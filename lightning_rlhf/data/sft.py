@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from functools import partial
 from typing import Literal
 
 from torch.utils.data import DataLoader
@@ -76,6 +75,9 @@ class SFTDataModule(TextDataModule):
         completion_only_loss: learn only the completion tokens (False: the prompt too).
         packing: concatenate examples into full rows of ``max_length`` (no padding).
         batch_size: examples (packed rows when packing) per step and device.
+        pad_to_multiple_of: pad each batch's width up to a multiple of this (1: to its longest
+            row). On a GPU every new width costs attention a new kernel plan (~90 ms a step on an
+            H200 with a 0.5B model, both fused attention passes): 16 or 64 keeps the widths few.
         num_eval_prompts: validation prompts the module generates for (oracle score, samples).
         num_workers: DataLoader workers.
         seed: seed of the held-out split and of shuffling.
@@ -99,6 +101,7 @@ class SFTDataModule(TextDataModule):
         completion_only_loss: bool = True,
         packing: bool = False,
         batch_size: int = 64,
+        pad_to_multiple_of: int = 1,
         num_eval_prompts: int = 300,
         num_workers: int = 0,
         seed: int = 0,
@@ -166,24 +169,22 @@ class SFTDataModule(TextDataModule):
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         data = pack(self.train_set, hp.max_length) if hp.packing else self.train_set
-        collate = partial(collate_lm, pad_token_id=self.tokenizer.pad_token_id)
-        return self.resumable_loader(data, collate)
+        return self.resumable_loader(data, self.collate(collate_lm))
 
     def val_dataloader(self) -> list[DataLoader]:
         """Two loaders: 0 for loss and token metrics, 1 for generation from held-out prompts."""
         if not self.val_set:
             return []
         hp = self.hparams
-        pad_id = self.tokenizer.pad_token_id
         return [
             DataLoader(
                 self.val_set,
                 batch_size=hp.batch_size,
-                collate_fn=partial(collate_lm, pad_token_id=pad_id),
+                collate_fn=self.collate(collate_lm),
             ),
             DataLoader(
                 self.val_set[: hp.num_eval_prompts],
                 batch_size=max(hp.batch_size, 128),
-                collate_fn=partial(collate_prompts, pad_token_id=pad_id),
+                collate_fn=self.collate(collate_prompts),
             ),
         ]

@@ -316,6 +316,7 @@ def test_impossible_ppo_value_is_one_line_naming_the_field(tmp_path):
         (["--data.batch_size", "abc"], "Expected a <class 'int'>. Got value: abc"),
         (["--trainer.max_steps", "-5"], "`max_steps` must be a non-negative integer"),
         (["--data.batch_size", "0"], "data.batch_size must be at least 1, got 0"),
+        (["--data.pad_to_multiple_of", "0"], "data.pad_to_multiple_of must be at least 1, got 0"),
         (["--data.val_fraction", "1.5"], "val_fraction must be in [0, 1), got 1.5"),
         (["--model.schedule.warmup_steps", "-1"], "warmup_steps must be >= 0, got -1"),
         (["--data.train_path", "missing.jsonl"], "data file 'missing.jsonl' does not exist"),

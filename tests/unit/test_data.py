@@ -187,3 +187,54 @@ def test_packing_fills_rows_best_fit_and_keeps_every_example_whole():
     assert rows[0]["input_ids"] == [0] * 6 + [3] * 4 and rows[1]["input_ids"] == [1] * 5 + [2] * 5
     assert rows[0]["labels"] == [-100] + [0] * 5 + [-100] + [3] * 3
     assert rows[0]["position_ids"] == [0, 1, 2, 3, 4, 5, 0, 1, 2, 3]
+
+
+def test_batches_pad_to_a_multiple_and_the_loss_and_scores_do_not_change(tiny_model_dir):
+    """Width rounded up to the multiple in every collate (prompts on the left); the extra padding
+    is masked: the SFT loss and the reward scores equal the unpadded batch's."""
+    from lightning_rlhf.data.collate import collate_preferences
+    from lightning_rlhf.losses import completion_nll
+    from lightning_rlhf.models import (
+        ModelOptions,
+        load_causal_lm,
+        load_scalar_model,
+        sequence_scores,
+    )
+
+    lm = [
+        {"input_ids": [10, 11, 12, 13, 14], "labels": [-100, -100, 12, 13, 14]},
+        {"input_ids": [20, 21, 22], "labels": [-100, 21, 22]},
+    ]
+    tight, wide = collate_lm(lm, 0), collate_lm(lm, 0, pad_to_multiple_of=8)
+    assert tight.input_ids.shape == (2, 5) and wide.input_ids.shape == (2, 8)
+    assert (
+        torch.equal(wide.input_ids[:, :5], tight.input_ids) and not wide.attention_mask[:, 5:].any()
+    )
+    assert (wide.labels[:, 5:] == -100).all()
+    prompts = collate_prompts([{"prompt_ids": [5, 6, 7], "prompt": "a"}], 0, pad_to_multiple_of=4)
+    assert prompts.input_ids.tolist() == [[0, 5, 6, 7]] and prompts.attention_mask.tolist() == [
+        [0, 1, 1, 1]
+    ]
+    model = load_causal_lm(tiny_model_dir).eval()
+    with torch.no_grad():
+        losses = [
+            completion_nll(
+                model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, :-1],
+                b.labels[:, 1:],
+            )[0]
+            for b in (tight, wide)
+        ]
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+
+    pair = {"chosen_ids": [1, 2, 3], "rejected_ids": [1, 2], "prompt": "p", "chosen": "c",
+            "rejected": "r", "chosen_response_len": 1, "rejected_response_len": 1}  # fmt: skip
+    tight, wide = (
+        collate_preferences([pair], 0),
+        collate_preferences([pair], 0, pad_to_multiple_of=16),
+    )
+    assert wide.input_ids.shape == (2, 16) and wide.response_mask.shape == (2, 16)
+    assert torch.equal(wide.response_mask[:, :3], tight.response_mask)
+    scorer = load_scalar_model(tiny_model_dir, ModelOptions(), 0).eval()
+    with torch.no_grad():
+        scores = [sequence_scores(scorer, b.input_ids, b.attention_mask) for b in (tight, wide)]
+    torch.testing.assert_close(scores[1], scores[0], rtol=1e-5, atol=1e-6)
