@@ -31,6 +31,8 @@ def pinned(config_cls, **kwargs):
 
     from common import CONFIG, DEVICE
 
+    if CONFIG.get("pad_to_multiple_of"):
+        kwargs.setdefault("pad_to_multiple_of", CONFIG["pad_to_multiple_of"])
     return config_cls(
         output_dir=tempfile.mkdtemp(prefix="trl-"),
         max_steps=CONFIG["warmup"] + CONFIG["steps"],

@@ -33,6 +33,7 @@ data = PreferenceDataModule(
     tokenizer=cfg["model_dir"],
     max_length=cfg["max_length"],
     batch_size=cfg["batch_size"],
+    pad_to_multiple_of=cfg.get("pad_to_multiple_of", 1),
     seed=cfg["seed"],
 )
 steps = StepCallback()

@@ -32,6 +32,7 @@ data = SFTDataModule(
     max_length=cfg["max_length"],
     packing=cfg.get("packing", False),
     batch_size=cfg["batch_size"],
+    pad_to_multiple_of=cfg.get("pad_to_multiple_of", 1),
     seed=cfg["seed"],
 )
 steps = StepCallback()
