@@ -110,7 +110,8 @@ class StageModule(LightningModule):
         Where Lightning clips (fp16, DeepSpeed) it is read at once (:meth:`check_finite`).
         Returns False when the step is to be skipped now: the training step returns None.
         """
-        if self._trainer is not None and self._lightning_clips():  # (a step run by hand: none)
+        # without a trainer (a step called by hand) the loss waits for the gradient check too
+        if self._trainer is not None and self._lightning_clips():
             return self.check_finite("loss", loss)
         self._pending_losses = [*self._pending_losses, loss.detach()]
         return True
