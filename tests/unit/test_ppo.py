@@ -254,6 +254,10 @@ def test_reward_model_scores_the_prompt_and_response_with_eos_and_ignore_padding
     batched = rm(prompts, responses)
     one_by_one = RewardModel(scalar_dir, normalize=False, batch_size=1)(prompts, responses)
     torch.testing.assert_close(batched, one_by_one, atol=1e-5, rtol=1e-5)
+    wide = RewardModel(scalar_dir, normalize=False, pad_to_multiple_of=64)
+    torch.testing.assert_close(wide(prompts, responses), batched, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="RewardModel: pad_to_multiple_of must be at least 1"):
+        RewardModel(scalar_dir, pad_to_multiple_of=0)
     tok = rm.tokenizer
     ids = tok("12+34=46")["input_ids"]  # the byte tokenizer appends EOS, as the reward stage trains
     assert ids[-1] == tok.eos_token_id
