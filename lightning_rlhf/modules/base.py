@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from lightning import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
@@ -191,20 +192,27 @@ class StageModule(LightningModule):
     def _check_step_finite(self, norm: torch.Tensor, optimizer: torch.optim.Optimizer) -> bool:
         """Before the optimizer step, one read of the device: the gradients' norm and the losses
         :meth:`check_loss` kept since the last step. False: a non-finite loss under "skip", whose
-        gradients were dropped; a non-finite gradient of finite losses always raises."""
+        gradients were dropped; a non-finite gradient of finite losses always raises. Under DDP
+        and FSDP the ranks' loss flags are combined first (an all-reduce of one flag), so all
+        ranks skip, or raise, together."""
         losses, self._pending_losses = self._pending_losses, []
-        ok = torch.isfinite(norm)
+        norm_ok = torch.isfinite(norm)
+        loss_ok = torch.ones_like(norm_ok)
         if losses:  # (batches of this optimizer step,) one flag each
             finite = torch.isfinite(torch.stack([x.float().reshape(()) for x in losses]))
-            ok = ok & finite.to(ok.device).all()
-        if ok:
+            loss_ok = finite.to(norm_ok.device).all()
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                # every rank takes the same decision (the norm is already the same everywhere):
+                # a skip on one rank alone would leave the ranks' weights apart
+                loss_ok = loss_ok.to(torch.int32)
+                dist.all_reduce(loss_ok, op=dist.ReduceOp.MIN)
+        if bool(norm_ok & loss_ok.bool()):  # the one read of the device on a good step
             return True
-        if losses and not finite.all():
+        if not bool(loss_ok):
             bad = int((~finite).sum())
-            message = (
-                f"non-finite loss (in {bad} of the {len(losses)} batches of this optimizer step) "
-                f"at step {self.global_step}"
-            )
+            where = f"in {bad} of the {len(losses)} batches of this optimizer step"
+            where = where if bad else "on another rank"
+            message = f"non-finite loss ({where}) at step {self.global_step}"
             if self.nan_policy == "raise":
                 raise FloatingPointError(
                     f"{message}; the optimizer step was not taken; the last checkpoint is the "

@@ -126,7 +126,7 @@ class DPOModule(PolicyModule):
         eval_sampling: how validation answers are generated (temperature 0 is greedy).
         num_logged_samples: held-out prompts and answers logged as a table at each validation.
         nan_policy: a non-finite loss stops the run ("raise", naming the step) or skips that
-            batch with a warning ("skip"; single-process runs: under DDP every rank must agree).
+            batch with a warning ("skip"; under DDP every rank skips it together).
     """
 
     def __init__(

@@ -89,7 +89,7 @@ class RewardModule(StageModule):
             for its own models with sdpa, eager and flash attention; leave it off for models
             whose attention ignores position ids.
         nan_policy: a non-finite loss stops the run ("raise", naming the step) or skips that
-            batch with a warning ("skip"; single-process runs: under DDP every rank must agree).
+            batch with a warning ("skip"; under DDP every rank skips it together).
     """
 
     def __init__(
