@@ -31,6 +31,7 @@ _EXPORTS = {
     "LoraOptions": "lightning_rlhf.models",
     "RewardFunction": "lightning_rlhf.rewards",
     "TaskOracle": "lightning_rlhf.rewards",
+    "CallableReward": "lightning_rlhf.rewards",
     "HFExport": "lightning_rlhf.callbacks.export",
 }
 

@@ -32,6 +32,37 @@ class RewardFunction:
         return {}
 
 
+class CallableReward(RewardFunction):
+    """A plain function ``fn(prompts, responses) -> scores`` (a tensor or a list of floats) as
+    a RewardFunction: what a notebook passes as ``reward=`` is wrapped in this."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> Tensor:
+        return self.fn(prompts, responses)
+
+    def __repr__(self) -> str:
+        return getattr(self.fn, "__qualname__", repr(self.fn))
+
+
+def as_reward(reward: object, field: str = "reward") -> RewardFunction:
+    """``reward`` itself when it is a RewardFunction, a plain callable wrapped; else a TypeError
+    naming ``field``."""
+    if isinstance(reward, RewardFunction):
+        return reward
+    if callable(reward):
+        return CallableReward(reward)
+    raise TypeError(
+        f"{field}: expected a RewardFunction or a callable (prompts, responses) -> scores, got "
+        f"{type(reward).__name__} {reward!r}"
+    )
+
+
+def _name(source: object) -> str:
+    return repr(source) if isinstance(source, CallableReward) else type(source).__name__
+
+
 class TaskOracle(RewardFunction):
     """The bundled task's exact oracle: 1.0 for a correct response, 0.0 otherwise."""
 
@@ -268,7 +299,10 @@ class _Combination(RewardFunction):
                 f"{type(self).__name__} needs one weight per reward: {len(rewards)} rewards, "
                 f"{len(weights)} weights"
             )
-        self.rewards, self.weights = rewards, weights
+        self.rewards = [
+            as_reward(r, f"{type(self).__name__}.rewards[{i}]") for i, r in enumerate(rewards)
+        ]
+        self.weights = weights
         self._stats: dict[str, float] = {}
 
     def to(self, device: torch.device | str) -> _Combination:
@@ -362,11 +396,9 @@ def check_scores(scores: Tensor, n: int, source: object, allow_nonfinite: bool =
     )
     if scores.shape != (n,):
         raise ValueError(
-            f"reward {type(source).__name__} returned shape {tuple(scores.shape)}, expected ({n},)"
+            f"reward {_name(source)} returned shape {tuple(scores.shape)}, expected ({n},)"
         )
     if not allow_nonfinite and not torch.isfinite(scores).all():
         bad = (~torch.isfinite(scores)).sum().item()
-        raise ValueError(
-            f"reward {type(source).__name__} returned {bad} non-finite scores (NaN or Inf)"
-        )
+        raise ValueError(f"reward {_name(source)} returned {bad} non-finite scores (NaN or Inf)")
     return scores.float()

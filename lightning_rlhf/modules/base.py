@@ -19,6 +19,10 @@ from lightning_rlhf.models import ModelOptions, export_hf, load_tokenizer
 from lightning_rlhf.optim import ScheduleOptions, build_scheduler
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def adamw(params) -> torch.optim.Optimizer:
     """The default optimiser: AdamW, lr 2e-3, no weight decay (sized for the embedded model)."""
     return torch.optim.AdamW(params, lr=2e-3, weight_decay=0.0)
@@ -88,13 +92,23 @@ class StageModule(LightningModule):
 
     def check_finite(self, name: str, value: torch.Tensor) -> bool:
         """True when ``value`` is all finite; otherwise raise (``nan_policy: raise``) or warn and
-        return False (``"skip"``), naming the quantity and the step."""
-        finite = bool(torch.isfinite(value).all())  # reads a device value: one host sync
-        self._loss_checked = finite and name == "loss"
-        if finite:
+        return False (``"skip"``), naming the quantity and the step.
+
+        Under DDP and FSDP the ranks' flags are combined first (an all-reduce of one flag; every
+        rank calls this at the same point of its step), so all ranks skip, or raise, together:
+        a rank that skipped a backward pass alone would leave the others waiting in the
+        gradients' all-reduce."""
+        finite = torch.isfinite(value).all()
+        if _distributed():
+            finite = finite.to(torch.int32)
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        ok = bool(finite)  # reads a device value: one host sync
+        self._loss_checked = ok and name == "loss"
+        if ok:
             return True
         bad = int((~torch.isfinite(value)).sum())
-        message = f"non-finite {name} ({bad} of {value.numel()} values) at step {self.global_step}"
+        where = f"{bad} of {value.numel()} values" if bad else "on another rank"
+        message = f"non-finite {name} ({where}) at step {self.global_step}"
         if self.nan_policy == "raise":
             raise FloatingPointError(f"{message}; the last checkpoint is the last good state")
         rank_zero_warn(f"{message}; step skipped")
@@ -201,7 +215,7 @@ class StageModule(LightningModule):
         if losses:  # (batches of this optimizer step,) one flag each
             finite = torch.isfinite(torch.stack([x.float().reshape(()) for x in losses]))
             loss_ok = finite.to(norm_ok.device).all()
-            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            if _distributed():
                 # every rank takes the same decision (the norm is already the same everywhere):
                 # a skip on one rank alone would leave the ranks' weights apart
                 loss_ok = loss_ok.to(torch.int32)

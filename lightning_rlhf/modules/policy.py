@@ -11,7 +11,7 @@ from torchmetrics import MeanMetric
 from lightning_rlhf.models import ModelOptions, check_same_tokenizer, load_causal_lm
 from lightning_rlhf.modules.base import StageModule
 from lightning_rlhf.optim import ScheduleOptions
-from lightning_rlhf.rewards import RewardFunction
+from lightning_rlhf.rewards import RewardFunction, as_reward
 from lightning_rlhf.rollout import Generation, SamplingOptions, decode_responses, generate
 from lightning_rlhf.types import PromptBatch
 
@@ -31,7 +31,7 @@ class PolicyModule(StageModule):
         num_logged_samples: int,
     ) -> None:
         super().__init__(model_name_or_path, model, optimizer, schedule)
-        self.oracle = oracle
+        self.oracle = None if oracle is None else as_reward(oracle, "oracle")
         self.eval_sampling = eval_sampling
         self.num_logged_samples = num_logged_samples
         self.val_oracle = MeanMetric()

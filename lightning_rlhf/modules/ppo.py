@@ -56,6 +56,7 @@ from lightning_rlhf.rewards import (
     RewardAdapter,
     RewardFunction,
     RewardModel,
+    as_reward,
     check_scores,
     reward_functions,
 )
@@ -218,7 +219,7 @@ class PPOModule(PolicyModule):
             )
         self.automatic_optimization = False
         self.ref_model_name_or_path = ref_model_name_or_path
-        self.reward = reward if reward is not None else RewardModel("artifacts/rm")
+        self.reward = as_reward(reward if reward is not None else RewardModel("artifacts/rm"))
         self.critic_name_or_path = critic_name_or_path
         self.critic_lora = critic_lora
         self.sampling = sampling

@@ -13,7 +13,7 @@ from lightning_rlhf.losses import bradley_terry_loss
 from lightning_rlhf.models import ModelOptions, load_scalar_model, sequence_scores, token_scalars
 from lightning_rlhf.modules.base import StageModule
 from lightning_rlhf.optim import ScheduleOptions
-from lightning_rlhf.rewards import RewardFunction
+from lightning_rlhf.rewards import RewardFunction, as_reward
 from lightning_rlhf.types import PreferenceBatch
 
 
@@ -110,7 +110,7 @@ class RewardModule(StageModule):
         self.save_hyperparameters(ignore=["optimizer", "oracle"])
         self.nan_policy = nan_policy
         self.center_coef = center_coef
-        self.oracle = oracle
+        self.oracle = None if oracle is None else as_reward(oracle, "oracle")
         self.num_logged_pairs = num_logged_pairs
         self.padding_free = padding_free
         self.val_metrics = torch.nn.ModuleDict(

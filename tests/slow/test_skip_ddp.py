@@ -1,6 +1,8 @@
 """nan_policy: skip under 2-process DDP on CPU: a NaN loss on one rank skips the step on both."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -80,3 +82,97 @@ def test_a_nan_loss_on_one_rank_skips_the_step_on_every_rank(tiny_model_dir, tas
         assert r["moved"] == [True, True, False, True, True] and r["steps"] == 5 and r["finite"]
     assert ranks[0]["sum"] == ranks[1]["sum"]  # the ranks' weights did not drift apart
     assert "non-finite loss" in proc.stderr and "step skipped" in proc.stderr
+
+
+# PPO under manual optimisation: rank 1's loss is NaN in one minibatch, rank 0's rewards are NaN
+# in one rollout. A rank that skipped alone would leave the other waiting in DDP's gradient
+# all-reduce (a hang) or its weights apart.
+PPO_SCRIPT = """
+import json, sys
+from functools import partial
+import lightning as L
+import torch
+from lightning_rlhf import PromptDataModule
+from lightning_rlhf.modules.ppo import PPOModule, PPOOptions
+from lightning_rlhf.optim import ScheduleOptions
+from lightning_rlhf.rollout import SamplingOptions
+
+model_dir, prompts, out = sys.argv[1], sys.argv[2], sys.argv[3]
+L.seed_everything(0)
+rollouts = []
+
+
+def reward(prompts, responses):  # rank 0's second rollout scores NaN
+    rollouts.append(1)
+    nan = len(rollouts) == 2 and torch.distributed.get_rank() == 0
+    return torch.full((len(responses),), float("nan") if nan else 0.5)
+
+
+module = PPOModule(
+    model_dir, reward=reward, critic_name_or_path=None, nan_policy="skip",
+    optimizer=partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.0),
+    schedule=ScheduleOptions(warmup_steps=0, decay="constant"),
+    sampling=SamplingOptions(max_new_tokens=4),
+    ppo=PPOOptions(ppo_epochs=1, num_minibatches=2), log_samples_every_n_steps=0,
+)
+loss_fn, calls = module._loss, []
+
+
+def poisoned(r, idx):  # rank 1's third minibatch loss is NaN
+    loss, stats = loss_fn(r, idx)
+    calls.append(1)
+    if len(calls) == 3 and module.global_rank == 1:
+        loss = loss * float("nan")
+    return loss, stats
+
+
+module._loss = poisoned
+data_module = PromptDataModule(
+    prompts, None, model_dir, val_fraction=0.0, batch_size=4, max_prompt_length=32
+)
+trainer = L.Trainer(
+    accelerator="cpu", devices=2, strategy="ddp", max_steps=6, logger=False,
+    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    limit_val_batches=0,
+)
+trainer.fit(module, datamodule=data_module)
+params = [p.detach().double() for p in module.parameters()]
+with open(f"{out}.{trainer.global_rank}", "w") as f:
+    json.dump({
+        "sum": float(sum(p.sum() for p in params)),
+        "finite": all(bool(torch.isfinite(p).all()) for p in params),
+        "steps": trainer.global_step,
+        "rollouts": len(rollouts),
+        "minibatches": len(calls),
+    }, f)
+"""
+
+
+@pytest.mark.slow
+def test_ppo_skips_a_minibatch_and_a_rollout_on_every_rank(tiny_model_dir, task_dir, tmp_path):
+    script = tmp_path / "ppo.py"
+    script.write_text(PPO_SCRIPT)
+    out = tmp_path / "rank"
+    args = [tiny_model_dir, str(task_dir / "prompts_train.jsonl"), str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, str(script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # both ranks in one process group, to stop them if they hang
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"the ranks hung: {stderr[-3000:]}")
+    assert proc.returncode == 0, f"{stdout[-3000:]}\n{stderr[-3000:]}"
+    ranks = [json.loads((tmp_path / f"rank.{r}").read_text()) for r in (0, 1)]
+    for r in ranks:
+        # 2 optimizer steps per rollout; on both ranks rollout 2 was skipped whole (rank 0's
+        # rewards) and one minibatch of rollout 3 (rank 1's loss): 5 steps after 4 rollouts, and
+        # the fifth runs whole (max_steps 6 is checked between rollouts): 7 steps, 8 minibatches
+        assert (r["steps"], r["rollouts"], r["minibatches"], r["finite"]) == (7, 5, 8, True), r
+    assert ranks[0]["sum"] == ranks[1]["sum"]  # the ranks' weights did not drift apart
+    assert "non-finite rewards" in stderr and "non-finite loss" in stderr

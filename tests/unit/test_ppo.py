@@ -238,6 +238,27 @@ def test_check_scores_names_the_reward():
         check_scores(torch.tensor([float("inf"), float("-inf")]), 2, source)
 
 
+def length_score(prompts, responses):  # a plain function, as a notebook would pass it
+    return [float(len(r)) for r in responses]
+
+
+def test_a_plain_function_is_a_reward(tiny_model_dir, task_dir, tmp_path):
+    module = ppo_module(tiny_model_dir, reward=length_score)
+    trainer(tmp_path, iterations=1).fit(module, datamodule=prompt_data(task_dir, tiny_model_dir))
+    assert module.global_step == 4 and math.isfinite(module.last_metrics["train/reward"])
+    summed = WeightedSum([length_score, _Const([1.0, 2.0])], [2.0, 1.0])
+    assert summed(["p", "q"], ["abc", "d"]).tolist() == [7.0, 4.0]
+    with pytest.raises(ValueError, match=r"reward length_score returned shape \(2,\), expected"):
+        check_scores(torch.zeros(2), 3, module.reward)
+
+
+def test_a_reward_that_is_not_callable_is_refused_by_name(tiny_model_dir):
+    with pytest.raises(TypeError, match=r"^reward: expected a RewardFunction or a callable.*int 3"):
+        ppo_module(tiny_model_dir, reward=3)
+    with pytest.raises(TypeError, match=r"WeightedSum.rewards\[1\]: expected .* got str 'x'"):
+        WeightedSum([length_score, "x"])
+
+
 def test_reward_model_normalises_with_its_stats(scalar_dir):
     prompts = ["12+34=", "rev abc=", "cnt a aab="]
     responses = ["46", "cba", "a longer answer"]
