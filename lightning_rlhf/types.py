@@ -14,12 +14,16 @@ class LMBatch(NamedTuple):
     attention_mask: (B, T) 1 on real tokens
     labels:         (B, T) = input_ids on completion tokens, -100 on prompt and pad (not yet shifted)
     position_ids:   (B, T) or None; restarts at 0 at each example of a packed row
+    loss_index:     (N,) or None: the flat positions ``b * T + t`` whose next token is learned
+                    (``labels[b, t + 1] != -100``), found by the collator on the host, so the step
+                    does not read N back from the device; None: found in the step
     """
 
     input_ids: Tensor
     attention_mask: Tensor
     labels: Tensor
     position_ids: Tensor | None = None
+    loss_index: Tensor | None = None
 
 
 class PromptBatch(NamedTuple):

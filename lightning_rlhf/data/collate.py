@@ -44,18 +44,28 @@ def pad(
     return out
 
 
+def loss_positions(labels: torch.Tensor) -> torch.Tensor:
+    """(N,) flat positions ``b * T + t`` of a (B, T) batch whose next token is learned
+    (``labels[b, t + 1] != -100``), row-major."""
+    learned = torch.nn.functional.pad(labels[:, 1:] != -100, (0, 1))  # (B, T)
+    return learned.reshape(-1).nonzero().squeeze(1)
+
+
 def collate_lm(examples: Sequence[dict], pad_token_id: int, pad_to_multiple_of: int = 1) -> LMBatch:
-    """Examples {"input_ids", "labels"[, "position_ids"]} -> right-padded LMBatch."""
+    """Examples {"input_ids", "labels"[, "position_ids"]} -> right-padded LMBatch, with the
+    positions of its learned tokens."""
     m = pad_to_multiple_of
     ids = [e["input_ids"] for e in examples]
     position_ids = None
     if "position_ids" in examples[0]:
         position_ids = pad([e["position_ids"] for e in examples], 0, multiple=m)
+    labels = pad([e["labels"] for e in examples], -100, multiple=m)
     return LMBatch(
         input_ids=pad(ids, pad_token_id, multiple=m),
         attention_mask=pad([[1] * len(s) for s in ids], 0, multiple=m),
-        labels=pad([e["labels"] for e in examples], -100, multiple=m),
+        labels=labels,
         position_ids=position_ids,
+        loss_index=loss_positions(labels),
     )
 
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric
 
+from lightning_rlhf.data.collate import loss_positions
 from lightning_rlhf.losses import completion_nll
 from lightning_rlhf.models import ModelOptions
 from lightning_rlhf.modules.base import adamw
@@ -31,9 +32,10 @@ def completion_logits(
     applies whatever it does after the head (logit scaling, soft-capping).
     """
     targets = F.pad(batch.labels[:, 1:], (0, 1), value=-100)  # (B, T): t predicts token t + 1
-    # an index, not a boolean mask: N is read once here (one device-to-host sync); boolean
-    # indexing reads it again for the targets and in the backward pass
-    index = (targets.reshape(-1) != -100).nonzero().squeeze(1)  # (N,)
+    # an index, not a boolean mask: the collator's, found on the host, or found here with one
+    # read of N from the device (boolean indexing would read it again for the targets and in the
+    # backward pass)
+    index = batch.loss_index if batch.loss_index is not None else loss_positions(batch.labels)
 
     def gather(x: torch.Tensor) -> torch.Tensor:  # (B, T, ...) -> (1, N, ...)
         return x.flatten(0, 1).index_select(0, index).unsqueeze(0)

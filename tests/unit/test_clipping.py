@@ -6,7 +6,7 @@ import functools
 import lightning as L
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from host_reads import HostReads
 
 from lightning_rlhf import SFTDataModule
 from lightning_rlhf.modules.sft import SFTModule
@@ -99,18 +99,6 @@ def test_trainer_clipping_by_value_clamps_each_element(tiny_model_dir):
     next(module.model.parameters()).grad[0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="non-finite gradient"):
         module.configure_gradient_clipping(opt, 0.01, "value")
-
-
-class HostReads(TorchDispatchMode):
-    """Counts the reads of a tensor's value on the host (``.item()``, ``bool(tensor)``)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += func.__name__.startswith("_local_scalar_dense")
-        return func(*args, **(kwargs or {}))
 
 
 def test_the_step_s_losses_are_read_with_the_gradient_norm_in_one_host_read(tiny_model_dir):

@@ -3,8 +3,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from host_reads import HostReads
 from transformers import AutoModelForCausalLM
 
+from lightning_rlhf.data.collate import collate_lm
 from lightning_rlhf.modules.sft import SFTModule, completion_logits
 from lightning_rlhf.types import LMBatch
 
@@ -50,6 +52,30 @@ def test_head_on_learned_positions_equals_the_full_forward_and_its_gradient(tiny
     grads = torch.autograd.grad(loss, list(model.parameters()))
     for got, want in zip(grads, expected_grads):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_collator_finds_the_learned_positions_and_the_step_reads_them_from_no_device(
+    tiny_model_dir,
+):
+    """The collator finds the learned positions on the host: the loss reads one device value
+    fewer, and equals the loss of the batch whose
+    positions are found in the step."""
+    examples = [
+        {"input_ids": [5, 6, 7, 8, 9, 10], "labels": [-100, -100, 7, 8, 9, 10]},
+        {"input_ids": [11, 12, 13], "labels": [-100, -100, 13]},
+    ]
+    batch = collate_lm(examples, 0)
+    # positions 1..4 of row 0 and 1 of row 1 (6 columns) predict a learned token
+    assert batch.loss_index.tolist() == [1, 2, 3, 4, 7]
+    module = SFTModule(tiny_model_dir)
+    module.configure_model()
+    with HostReads() as reads:
+        loss, stats = module._loss(batch)
+    with HostReads() as found_in_step:
+        expected, _ = module._loss(batch._replace(loss_index=None))
+    # transformers' looks at the padding mask stay (2 here: it has a padded row)
+    assert found_in_step.count == reads.count + 1 and int(stats["tokens"]) == 5
+    torch.testing.assert_close(loss, expected, rtol=0, atol=0)
 
 
 def test_a_checked_loss_is_not_read_again_before_backward_and_an_unchecked_one_is(
