@@ -269,7 +269,13 @@ def gpu() -> list[Case]:
             "ppo",
             model,
             "prompts.jsonl",
-            (Side("ours", "ours_ppo", "ours"), Side("trl", "trl_ppo", "trl-0.29.1")),
+            (
+                Side("ours", "ours_ppo", "ours"),
+                Side("trl", "trl_ppo", "trl-0.29.1"),
+                # the reward model re-tokenises the sampled texts: a new width every rollout
+                # unless padded to a multiple (TRL's reads the policy's ids, of fixed width)
+                Side("ours-pad16", "ours_ppo", "ours", {"pad_to_multiple_of": 16}),
+            ),
             batch_size=64,
             max_length=32,
             warmup=1,
@@ -279,6 +285,7 @@ def gpu() -> list[Case]:
             precision=bf16,
             ratios=(
                 Ratio("ours", "trl", 1.5),
+                Ratio("ours-pad16", "trl", 1.5),
                 Ratio("ours", "trl", 1.0, at_most=True, memory=True),
             ),
         ),

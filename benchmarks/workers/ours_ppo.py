@@ -32,7 +32,9 @@ policy_module.generate = probe.generation(
 )
 module = PPOModule(
     model_name_or_path=cfg["model_dir"],
-    reward=RewardModel(cfg["rm_dir"], normalize=False),
+    reward=RewardModel(
+        cfg["rm_dir"], normalize=False, pad_to_multiple_of=cfg.get("pad_to_multiple_of", 1)
+    ),
     critic_name_or_path=cfg["rm_dir"],
     model=ModelOptions(dtype="float32", attn_implementation="sdpa"),
     optimizer=adamw,
