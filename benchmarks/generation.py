@@ -2,10 +2,16 @@
 token draw by ``torch.multinomial`` against ``rollout.sample_tokens``, in one process.
 
     .venv/bin/python benchmarks/generation.py            # ~1 min; --model llama-5m, --threads N
+    .venv/bin/python benchmarks/generation.py --host     # the host's work per token (~1 min)
 
 The benchmark's PPO setting: 16 prompts of 32 tokens, 32 new tokens at temperature 1 (EOS
 banned, so every row runs to the end), fp32, the case's model (built if missing). The two
 generators alternate; medians (min–max) of ``--rounds`` calls each.
+
+``--host`` measures what a launch-bound GPU sees instead: a model with the GPU suite's 28 layers
+but almost no arithmetic (hidden 64, vocabulary 512), 64 left-padded prompts (the GPU suite's
+PPO batch), so the time is the host's (Python, dispatch); it also counts the operations each
+generator issues (each one a kernel launch on a GPU) and its reads of device values.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from pathlib import Path
 
 import assets  # benchmarks/ is on sys.path: it holds this script
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lightning_rlhf.models import load_causal_lm, load_tokenizer
 from lightning_rlhf.rollout import SamplingOptions, generate, sample_tokens
@@ -43,8 +50,11 @@ def main() -> None:
     parser.add_argument("--model", default="llama-25m", choices=sorted(assets.MODELS))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--host", action="store_true", help="a 28-layer model of no arithmetic")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.host:
+        return host_work(args.rounds)
     root = assets.build(HERE / ".cache", args.model, assets.DataSpec())
     tok = load_tokenizer(str(root / "lm"), padding_side="left")
     model = load_causal_lm(str(root / "lm")).eval()
@@ -82,6 +92,63 @@ def main() -> None:
     )
     print(f"one draw, multinomial      {summary(draw_multinomial, 1e3)} ms")
     print(f"one draw, sample_tokens    {summary(draw_ours, 1e3)} ms")
+
+
+class Ops(TorchDispatchMode):
+    """Counts the operations issued and the reads of device values on the host."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops, self.reads = 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        self.reads += func.__name__.startswith(("_local_scalar_dense", "nonzero"))
+        return func(*args, **(kwargs or {}))
+
+
+def host_work(rounds: int) -> None:
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=28,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    rows, width, new = 64, 32, 32
+    ids = torch.randint(3, 512, (rows, width))
+    mask = torch.ones_like(ids)
+    for i in range(rows):  # left padding of 0..7 tokens
+        ids[i, : i % 8], mask[i, : i % 8] = 0, 0
+
+    def theirs():
+        model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+            do_sample=True, temperature=1.0, top_k=None, top_p=None, eos_token_id=2,
+            pad_token_id=0,
+        )  # fmt: skip
+
+    def ours():
+        generate(model, ids, mask, SamplingOptions(new, temperature=1.0, min_new_tokens=new), 2, 0)
+
+    with torch.no_grad():
+        theirs(), ours()  # warm-up
+        t_theirs, t_ours = [], []
+        for _ in range(rounds):
+            t_theirs += timed(theirs, 1)
+            t_ours += timed(ours, 1)
+        counts = {}
+        for name, fn in (("transformers generate", theirs), ("rollout.generate", ours)):
+            with Ops() as counts[name]:
+                fn()
+    print(f"host work: 28 layers × hidden 64, {rows} prompts × {width} tokens, {new} new, "
+          f"torch {torch.__version__}")  # fmt: skip
+    for name, t in (("transformers generate", t_theirs), ("rollout.generate", t_ours)):
+        c = counts[name]
+        print(f"{name:26s} {summary(t)} s, {c.ops / new:.0f} operations and "
+              f"{c.reads / new:.1f} reads of device values per new token")  # fmt: skip
 
 
 if __name__ == "__main__":
