@@ -40,7 +40,8 @@ class CallableReward(RewardFunction):
         self.fn = fn
 
     def __call__(self, prompts: list[str], responses: list[str]) -> Tensor:
-        return self.fn(prompts, responses)
+        scores = self.fn(prompts, responses)
+        return scores if isinstance(scores, Tensor) else torch.tensor(scores, dtype=torch.float32)
 
     def __repr__(self) -> str:
         return getattr(self.fn, "__qualname__", repr(self.fn))

@@ -246,6 +246,8 @@ def test_a_plain_function_is_a_reward(tiny_model_dir, task_dir, tmp_path):
     module = ppo_module(tiny_model_dir, reward=length_score)
     trainer(tmp_path, iterations=1).fit(module, datamodule=prompt_data(task_dir, tiny_model_dir))
     assert module.global_step == 4 and math.isfinite(module.last_metrics["train/reward"])
+    scores = module.reward(["p", "q"], ["ab", "c"])  # the list comes back a float tensor
+    assert scores.dtype == torch.float32 and scores.tolist() == [2.0, 1.0]
     summed = WeightedSum([length_score, _Const([1.0, 2.0])], [2.0, 1.0])
     assert summed(["p", "q"], ["abc", "d"]).tolist() == [7.0, 4.0]
     with pytest.raises(ValueError, match=r"reward length_score returned shape \(2,\), expected"):
