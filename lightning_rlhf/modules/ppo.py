@@ -9,7 +9,8 @@ One training step is one iteration, under manual optimisation:
 The advantage estimator is a component: ``GAE`` with a critic (PPO), ``GroupRelative`` (GRPO) or
 ``LeaveOneOut`` (RLOO), both critic-free. The maths (KL estimators, GAE, group baselines,
 whitening, clipped losses) live in ``advantages.py`` and ``losses.py``; this module orchestrates.
-``trainer.max_steps`` counts optimizer steps: iterations × ppo_epochs × num_minibatches.
+``trainer.max_steps`` counts optimizer steps: iterations × ppo_epochs × num_minibatches; a run
+stops at exactly that many, inside an iteration if need be.
 """
 
 from __future__ import annotations
@@ -488,14 +489,21 @@ class PPOModule(PolicyModule):
         return done
 
     def update(self, r: Rollout) -> dict[str, Tensor]:
-        """ppo_epochs × num_minibatches optimizer steps over the rollout; mean statistics."""
+        """ppo_epochs × num_minibatches optimizer steps over the rollout; mean statistics.
+
+        Stops early when ``trainer.max_steps`` is reached, so a run takes exactly that many
+        optimizer steps (a skipped minibatch, or a max_steps that is not a multiple of the steps
+        per iteration, would otherwise overshoot by up to an iteration's steps)."""
         n = r.response_ids.shape[0]
+        last = self._trainer.max_steps if self._trainer is not None else -1
         totals: dict[str, Tensor] = {}
         count = 0
         for _ in range(self.ppo.ppo_epochs):
             order = torch.randperm(n, device=r.response_ids.device)
             # every row once per epoch; fewer rows than minibatches leaves no minibatch empty
             for minibatch in order.tensor_split(min(self.ppo.num_minibatches, n)):
+                if 0 <= last <= self.global_step:
+                    break
                 count += self._minibatch_step(r, minibatch, totals)
         return {k: v / max(count, 1) for k, v in totals.items()}
 

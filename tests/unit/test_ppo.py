@@ -238,6 +238,15 @@ def test_check_scores_names_the_reward():
         check_scores(torch.tensor([float("inf"), float("-inf")]), 2, source)
 
 
+class _Counting(RewardFunction):
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, prompts, responses):
+        self.calls += 1
+        return torch.full((len(responses),), 0.5)
+
+
 def length_score(prompts, responses):  # a plain function, as a notebook would pass it
     return [float(len(r)) for r in responses]
 
@@ -252,6 +261,13 @@ def test_a_plain_function_is_a_reward(tiny_model_dir, task_dir, tmp_path):
     assert summed(["p", "q"], ["abc", "d"]).tolist() == [7.0, 4.0]
     with pytest.raises(ValueError, match=r"reward length_score returned shape \(2,\), expected"):
         check_scores(torch.zeros(2), 3, module.reward)
+
+
+def test_max_steps_is_exact_when_it_falls_inside_an_iteration(tiny_model_dir, task_dir, tmp_path):
+    reward = _Counting()
+    module = ppo_module(tiny_model_dir, reward=reward)  # 2 epochs x 2 minibatches per iteration
+    trainer(tmp_path, max_steps=6).fit(module, datamodule=prompt_data(task_dir, tiny_model_dir))
+    assert module.global_step == 6 and reward.calls == 2  # the second iteration stops half-way
 
 
 def test_a_reward_that_is_not_callable_is_refused_by_name(tiny_model_dir):
