@@ -51,6 +51,8 @@ class PreferenceBatch(NamedTuple):
                     None; DPO sums the log-probs of these tokens, the reward model ignores it
     index:          (B,) long position of each pair in its data set (a stable key, e.g. for
                     cached reference log-probs), or None
+    response_index: (N,) or None: the flat positions ``row * T + t`` whose next token is a
+                    response token, found by the collator on the host (as LMBatch.loss_index)
     """
 
     input_ids: Tensor
@@ -60,6 +62,7 @@ class PreferenceBatch(NamedTuple):
     responses: list[str]
     response_mask: Tensor | None = None
     index: Tensor | None = None
+    response_index: Tensor | None = None
 
 
 class Rollout(NamedTuple):

@@ -87,11 +87,13 @@ def collate_preferences(
     """Examples {"chosen_ids", "rejected_ids", "margin", "prompt", "chosen", "rejected"}.
 
     With "chosen_response_len"/"rejected_response_len" (the response's tokens at the end of each
-    ids list) the batch carries ``response_mask``; with "index" it carries the pairs' ``index``.
+    ids list) the batch carries ``response_mask`` and ``response_index``; with "index" it carries
+    the pairs' ``index``.
     """
     m = pad_to_multiple_of
     ids = [e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
-    response_mask = None
+    input_ids = pad(ids, pad_token_id, multiple=m)
+    response_mask = response_index = None
     if all("chosen_response_len" in e for e in examples):
         lengths = [e["chosen_response_len"] for e in examples] + [
             e["rejected_response_len"] for e in examples
@@ -99,15 +101,17 @@ def collate_preferences(
         response_mask = pad(
             [[0] * (len(s) - n) + [1] * n for s, n in zip(ids, lengths)], 0, multiple=m
         )
+        response_index = loss_positions(input_ids.masked_fill(response_mask == 0, -100))
     index = None
     if all("index" in e for e in examples):
         index = torch.tensor([e["index"] for e in examples], dtype=torch.long)
     return PreferenceBatch(
-        input_ids=pad(ids, pad_token_id, multiple=m),
+        input_ids=input_ids,
         attention_mask=pad([[1] * len(s) for s in ids], 0, multiple=m),
         margin=torch.tensor([float(e.get("margin", 0.0)) for e in examples]),
         prompts=[e["prompt"] for e in examples],
         responses=[e["chosen"] for e in examples] + [e["rejected"] for e in examples],
         response_mask=response_mask,
         index=index,
+        response_index=response_index,
     )

@@ -187,28 +187,38 @@ class DPOModule(PolicyModule):
 
     # ----------------------------------------------------------------------------- log-probs
     @staticmethod
-    def _logps(model: nn.Module, ids: Tensor, mask: Tensor, response_mask: Tensor) -> Tensor:
+    def _logps(
+        model: nn.Module,
+        ids: Tensor,
+        mask: Tensor,
+        response_mask: Tensor,
+        response_index: Tensor | None = None,
+    ) -> Tensor:
         """(rows,) summed log-prob of each right-padded row's response tokens (as
         :func:`sequence_logprobs`), with the LM head run on the positions that predict a
-        response token only: prompt and pad positions cost the trunk, not the vocabulary."""
+        response token only: prompt and pad positions cost the trunk, not the vocabulary.
+        ``response_index``: those positions as the collator found them (None: found here)."""
         labels = ids.masked_fill(response_mask == 0, -100)  # (rows, T)
-        logits, targets, index = completion_logits(model, LMBatch(ids, mask, labels))
+        batch = LMBatch(ids, mask, labels, loss_index=response_index)
+        logits, targets, index = completion_logits(model, batch)
         per_token = token_logprobs(logits, targets)[0]  # (N,)
         rows = index // ids.shape[1]  # (N,) the row of each kept position
         return per_token.new_zeros(len(ids)).index_add(0, rows, per_token)
 
     @torch.no_grad()
-    def _ref_logps(self, ids: Tensor, mask: Tensor, response_mask: Tensor) -> Tensor:
+    def _ref_logps(
+        self, ids: Tensor, mask: Tensor, response_mask: Tensor, index: Tensor | None = None
+    ) -> Tensor:
         if self._ref:
-            return self._logps(self._ref[0], ids, mask, response_mask)
+            return self._logps(self._ref[0], ids, mask, response_mask, index)
         with adapters_off(self.model), _eval_mode(self.model):  # LoRA: πref is the base
-            return self._logps(self.model, ids, mask, response_mask)
+            return self._logps(self.model, ids, mask, response_mask, index)
 
     def reference_logps(self, batch: PreferenceBatch, stage: str = "train") -> Tensor:
         """(2B,) log πref of each row's response: from the cache, computing the missing pairs."""
         tensors = (batch.input_ids, batch.attention_mask, batch.response_mask)
         if not self.cache_ref_logprobs or batch.index is None:
-            return self._ref_logps(*tensors)
+            return self._ref_logps(*tensors, batch.response_index)
         cache = self._ref_cache[stage]
         values, missing = cache.get(batch.index)  # (B, 2), (B,)
         if missing.any():
@@ -226,7 +236,13 @@ class DPOModule(PolicyModule):
                 "DPO needs each row's response tokens (batch.response_mask): use "
                 "PreferenceDataModule, whose collator marks them"
             )
-        policy = self._logps(self.model, batch.input_ids, batch.attention_mask, batch.response_mask)
+        policy = self._logps(
+            self.model,
+            batch.input_ids,
+            batch.attention_mask,
+            batch.response_mask,
+            batch.response_index,
+        )
         chosen, rejected = policy.chunk(2)  # (B,), (B,)
         ref_chosen, ref_rejected = self.reference_logps(batch, stage).chunk(2)
         loss, stats = dpo_loss(

@@ -9,6 +9,7 @@ import warnings
 import lightning as L
 import pytest
 import torch
+from host_reads import HostReads
 from torch.utils.data import DataLoader
 
 from lightning_rlhf import DPOModule, PreferenceDataModule, TaskOracle
@@ -243,6 +244,25 @@ def test_step_scores_each_rows_response_against_the_frozen_copy(tiny_model_dir, 
     close(stats["chosen_logratio"], expected_stats["chosen_logratio"], atol=1e-5)
     close(stats["policy_accuracy"], (pc > pr).float().mean())
     assert loss.requires_grad
+
+
+def test_the_collated_response_positions_save_the_step_a_device_read_per_forward(
+    tiny_model_dir, pairs_file
+):
+    module = DPOModule(tiny_model_dir, cache_ref_logprobs=False)  # policy and reference forwards
+    module.configure_model()
+    perturb(module.model)
+    batch = next(iter(pair_data(pairs_file, tiny_model_dir, batch_size=6).val_dataloader()))
+    rows, width = batch.response_mask.shape
+    learned = torch.nn.functional.pad(batch.response_mask[:, 1:], (0, 1)).reshape(-1)
+    assert torch.equal(batch.response_index, learned.nonzero().squeeze(1))
+    assert batch.response_index.max() < rows * width
+    with HostReads() as collated:
+        loss, _ = step(module, batch)
+    with HostReads() as found_in_step:
+        expected, _ = step(module, batch._replace(response_index=None))
+    assert found_in_step.count == collated.count + 2  # one nonzero per forward, two forwards
+    close(loss.detach(), expected.detach(), atol=0)
 
 
 def test_cached_reference_gives_the_recomputed_loss_and_is_read(tiny_model_dir, pairs_file):
