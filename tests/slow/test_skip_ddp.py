@@ -64,24 +64,38 @@ with open(f"{out}.{trainer.global_rank}", "w") as f:
 """
 
 
+def run_two_ranks(tmp_path, script: str, *args: str) -> tuple[list[dict], str]:
+    """Runs ``script`` (which launches its second rank itself) with ``args`` and the output
+    prefix; returns each rank's JSON and the stderr. Both ranks are killed if they hang."""
+    path = tmp_path / "fit.py"
+    path.write_text(script)
+    proc = subprocess.Popen(
+        [sys.executable, str(path), *args, str(tmp_path / "rank")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # both ranks in one process group, to stop them if they hang
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"the ranks hung: {stderr[-3000:]}")
+    assert proc.returncode == 0, f"{stdout[-3000:]}\n{stderr[-3000:]}"
+    return [json.loads((tmp_path / f"rank.{r}").read_text()) for r in (0, 1)], stderr
+
+
 @pytest.mark.slow
 def test_a_nan_loss_on_one_rank_skips_the_step_on_every_rank(tiny_model_dir, task_dir, tmp_path):
-    script = tmp_path / "fit.py"
-    script.write_text(SCRIPT)
-    out = tmp_path / "rank"
-    proc = subprocess.run(
-        [sys.executable, str(script), tiny_model_dir, str(task_dir / "sft_train.jsonl"), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    ranks, stderr = run_two_ranks(
+        tmp_path, SCRIPT, tiny_model_dir, str(task_dir / "sft_train.jsonl")
     )
-    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    ranks = [json.loads((tmp_path / f"rank.{r}").read_text()) for r in (0, 1)]
     for r in ranks:
         # the third step changed no weight on either rank, and training went on
         assert r["moved"] == [True, True, False, True, True] and r["steps"] == 5 and r["finite"]
     assert ranks[0]["sum"] == ranks[1]["sum"]  # the ranks' weights did not drift apart
-    assert "non-finite loss" in proc.stderr and "step skipped" in proc.stderr
+    assert "non-finite loss" in stderr and "step skipped" in stderr
 
 
 # PPO under manual optimisation: rank 1's loss is NaN in one minibatch, rank 0's rewards are NaN
@@ -150,25 +164,9 @@ with open(f"{out}.{trainer.global_rank}", "w") as f:
 
 @pytest.mark.slow
 def test_ppo_skips_a_minibatch_and_a_rollout_on_every_rank(tiny_model_dir, task_dir, tmp_path):
-    script = tmp_path / "ppo.py"
-    script.write_text(PPO_SCRIPT)
-    out = tmp_path / "rank"
-    args = [tiny_model_dir, str(task_dir / "prompts_train.jsonl"), str(out)]
-    proc = subprocess.Popen(
-        [sys.executable, str(script), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # both ranks in one process group, to stop them if they hang
+    ranks, stderr = run_two_ranks(
+        tmp_path, PPO_SCRIPT, tiny_model_dir, str(task_dir / "prompts_train.jsonl")
     )
-    try:
-        stdout, stderr = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"the ranks hung: {stderr[-3000:]}")
-    assert proc.returncode == 0, f"{stdout[-3000:]}\n{stderr[-3000:]}"
-    ranks = [json.loads((tmp_path / f"rank.{r}").read_text()) for r in (0, 1)]
     for r in ranks:
         # 2 optimizer steps per rollout; on both ranks rollout 2 was skipped whole (rank 0's
         # rewards) and one minibatch of rollout 3 (rank 1's loss): 5 steps after 4 rollouts, and
