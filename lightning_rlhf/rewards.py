@@ -9,10 +9,15 @@ policy's just works (it re-tokenises).
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from lightning_rlhf.reward_stats import read_reward_stats
+
+log = logging.getLogger(__name__)
 
 
 class RewardFunction:
@@ -90,14 +95,39 @@ class _ScalarHeadReward(RewardFunction):
         self.mean, self.std = 0.0, 1.0
         stats = Path(name_or_path) / "reward_stats.json"
         if normalize and stats.exists():
-            s = json.loads(stats.read_text())
-            self.mean, self.std = float(s["mean"]), max(float(s["std"]), 1e-6)
+            self.mean, self.std = read_reward_stats(stats)
+        self.max_length: int | None = None  # longest sequence scored; None: no limit
+        self._truncated, self._warned = 0, False
 
     def _device(self) -> torch.device:
         raise NotImplementedError
 
     def _scores(self, ids: Tensor, mask: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def _fit(self, joined: list[list[int]], parts: list[tuple[list[int], list[int]]]) -> list:
+        """Sequences longer than ``max_length`` cut as the reward stage cut its training pairs
+        (``fit_pair``: the response's end, where the score is read, then the prompt's end); a
+        warning the first time, and the count of each call in ``stats()["truncated"]``."""
+        from lightning_rlhf.data.preference import fit_pair
+
+        limit = self.max_length
+        if limit is None or all(len(s) <= limit for s in joined):
+            self._truncated = 0
+            return joined
+        long = [len(s) > limit for s in joined]
+        self._truncated = sum(long)
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "%s('%s'): %d of %d (prompt, response) texts are longer than its %d tokens and "
+                "were cut to their end (counted every call in train/reward/truncated)",
+                type(self).__name__, self.name_or_path, self._truncated, len(joined), limit,
+            )  # fmt: skip
+        return [fit_pair(p, r, limit) if cut else s for s, (p, r), cut in zip(joined, parts, long)]
+
+    def stats(self) -> dict[str, float]:
+        return {"truncated": float(self._truncated)} if self.max_length is not None else {}
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], responses: list[str]) -> Tensor:
@@ -106,8 +136,9 @@ class _ScalarHeadReward(RewardFunction):
 
         device, tok = self._device(), self.tokenizer
         seqs = [
-            encode_prompt(tok, p) + encode_completion(tok, r) for p, r in zip(prompts, responses)
+            (encode_prompt(tok, p), encode_completion(tok, r)) for p, r in zip(prompts, responses)
         ]
+        seqs = self._fit([p + r for p, r in seqs], seqs)
         out = []
         for i in range(0, len(seqs), self.batch_size):
             chunk = seqs[i : i + self.batch_size]
@@ -133,6 +164,9 @@ class RewardModel(_ScalarHeadReward):
             GPU each new width costs attention a new kernel plan, and 16 or 64 keeps them few.
         dtype: weight dtype ("auto" keeps the checkpoint's).
         trust_remote_code: allow the model's own code from the hub.
+        max_length: longest (prompt, response) sequence scored, in tokens; longer ones keep
+            their end, as the reward stage's training pairs did, and are counted (a warning,
+            then ``train/reward/truncated``). None: the model's ``max_position_embeddings``.
     """
 
     def __init__(
@@ -143,6 +177,7 @@ class RewardModel(_ScalarHeadReward):
         pad_to_multiple_of: int = 1,
         dtype: str = "auto",
         trust_remote_code: bool = False,
+        max_length: int | None = None,
     ) -> None:
         from lightning_rlhf.models import ModelOptions, load_scalar_model, load_tokenizer
 
@@ -153,6 +188,9 @@ class RewardModel(_ScalarHeadReward):
             name_or_path, options, self.tokenizer.pad_token_id, trained_head=True
         ).eval()
         self.model.requires_grad_(False)
+        self.max_length = max_length or getattr(self.model.config, "max_position_embeddings", None)
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError(f"RewardModel: max_length must be at least 2, got {max_length}")
 
     def to(self, device: torch.device | str) -> RewardModel:
         self.model.to(device)
@@ -246,6 +284,7 @@ class RewardAdapter(_ScalarHeadReward):
             self.head.weight.copy_(weight.float())
         self.head.requires_grad_(False)
         self.policy = policy
+        self.max_length = getattr(policy.config, "max_position_embeddings", None)
 
     def to(self, device: torch.device | str) -> RewardAdapter:
         if self.head is not None:

@@ -57,8 +57,9 @@ class PreferenceDataModule(TextDataModule):
 
     Formats: explicit ``prompt``/``chosen``/``rejected`` columns; ``chosen``/``rejected`` full texts
     that share their prompt (Anthropic-HH; no prompt column); or ``chosen``/``rejected`` as lists of
-    messages rendered with the chat template. Pairs whose responses are identical or empty are
-    dropped and counted.
+    messages rendered with the chat template. Pairs whose responses are identical or empty, or
+    become identical once cut to ``max_length``, are dropped and counted; when most pairs become
+    identical that way, the data is refused.
 
     Args:
         train_path: hub dataset name, local directory, or local .jsonl/.json/.parquet/.csv file.
@@ -179,6 +180,9 @@ class PreferenceDataModule(TextDataModule):
             rejected_ids, rejected_len = _fitted(
                 p_ids, encode_completion(self.tokenizer, rejected), hp.max_length
             )
+            if chosen_ids == rejected_ids:  # they differed only in what the cut removed
+                skipped[f"identical once cut to max_length {hp.max_length}"] += 1
+                continue
             out.append(
                 {
                     "chosen_ids": chosen_ids,
@@ -195,6 +199,13 @@ class PreferenceDataModule(TextDataModule):
             )
         for why, n in skipped.items():
             log.warning("%s: dropped %d pairs (%s)", source, n, why)
+        ties = skipped[f"identical once cut to max_length {hp.max_length}"]
+        if ties > len(out):  # most pairs: a loss at ln 2 that learns nothing
+            raise ValueError(
+                f"{source}: {ties} of {ties + len(out)} pairs become token-identical once cut to "
+                f"max_length {hp.max_length} (a long response keeps its end, and they differ "
+                "earlier): raise data.max_length, or shorten the responses"
+            )
         if not out:
             raise ValueError(f"{source}: no usable pairs among {len(ds)} rows ({dict(skipped)})")
         return out

@@ -35,7 +35,8 @@ class PromptDataModule(TextDataModule):
             e.g. "\n\nAssistant:" to take HH-RLHF's dialogues without their final answer; rows
             without the marker are dropped and counted. None keeps the whole text.
         max_prompt_length: longest prompt in tokens; longer prompts lose their left side
-            (``truncation="left"``) or are dropped and counted (``"drop"``).
+            (``truncation="left"``; the prompt text the reward sees is then the kept tokens,
+            decoded) or are dropped and counted (``"drop"``).
         truncation: policy for prompts longer than ``max_prompt_length``.
         batch_size: prompts per rollout and device.
         pad_to_multiple_of: pad each batch's width up to a multiple of this (1: to its longest
@@ -103,6 +104,8 @@ class PromptDataModule(TextDataModule):
                     dropped += 1
                     continue
                 ids, cut = ids[-hp.max_prompt_length :], cut + 1
+                # the reward (and the logs) must see the prompt the policy sees, not the full text
+                prompt = self.tokenizer.decode(ids, skip_special_tokens=not templated)
             out.append({"prompt_ids": ids, "prompt": prompt})
         if dropped or cut:
             log.warning(

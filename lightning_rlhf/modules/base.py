@@ -4,6 +4,7 @@ non-finite check, and what a resumed run needs before its checkpoint is read."""
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +46,14 @@ def _config_types(value: Any) -> set[type]:
 class StageModule(LightningModule):
     """Base of the stage modules. Subclasses implement ``load_model`` and the steps.
 
-    ``nan_policy`` ("raise" or "skip") is what ``check_finite`` does with a non-finite value;
-    a stage that offers the choice sets it from its own argument.
+    ``nan_policy`` ("raise" or "skip") is what ``check_finite`` does with a non-finite value,
+    and ``max_consecutive_skips`` how many skips in a row end the run; a stage that offers the
+    choice sets both from its own arguments (:meth:`set_nan_policy`). The weights are checked
+    before every checkpoint and export: none is ever written with a NaN or Inf weight.
     """
 
     nan_policy: str = "raise"
+    max_consecutive_skips: int = 10
     _loss_checked: bool = False  # check_finite passed the loss about to be back-propagated
     _pending_losses: list[torch.Tensor] = []  # check_loss: read with the gradients' norm
 
@@ -67,6 +71,14 @@ class StageModule(LightningModule):
         self.schedule = schedule
         self.tokenizer = load_tokenizer(model_name_or_path, model.trust_remote_code)
         self.model: Any = None
+        self._skip_streak: Counter[str] = Counter()  # skips since the last good step, by quantity
+
+    def set_nan_policy(self, nan_policy: str, max_consecutive_skips: int) -> None:
+        if max_consecutive_skips < 1:
+            raise ValueError(
+                f"max_consecutive_skips must be at least 1, got {max_consecutive_skips}"
+            )
+        self.nan_policy, self.max_consecutive_skips = nan_policy, max_consecutive_skips
 
     def load_model(self) -> torch.nn.Module:
         raise NotImplementedError
@@ -105,14 +117,68 @@ class StageModule(LightningModule):
         ok = bool(finite)  # reads a device value: one host sync
         self._loss_checked = ok and name == "loss"
         if ok:
+            if name == "loss":  # a loss that passes is back-propagated: a step is taken
+                self._skip_streak.clear()
             return True
         bad = int((~torch.isfinite(value)).sum())
         where = f"{bad} of {value.numel()} values" if bad else "on another rank"
         message = f"non-finite {name} ({where}) at step {self.global_step}"
         if self.nan_policy == "raise":
             raise FloatingPointError(f"{message}; the last checkpoint is the last good state")
-        rank_zero_warn(f"{message}; step skipped")
+        self._skipped(name, message)
         return False
+
+    def _skipped(self, name: str, message: str) -> None:
+        """A step skipped under ``nan_policy: skip``: a warning, or an error when the weights
+        themselves are non-finite (no skip brings them back) or after ``max_consecutive_skips``
+        skips in a row (every rank counts the same skips: their decisions are all-reduced)."""
+        self.check_weights("nan_policy: skip cannot skip past it")
+        self._skip_streak[name] += 1
+        streak = sum(self._skip_streak.values())
+        if streak >= self.max_consecutive_skips:
+            what = ", ".join(f"non-finite {k} {n} times" for k, n in self._skip_streak.items())
+            raise FloatingPointError(
+                f"nan_policy: skip skipped {streak} steps in a row ({what}; the last: {message}): "
+                f"nothing is being learned, stopped at max_consecutive_skips "
+                f"({self.max_consecutive_skips}); find where the NaN comes from (the reward, the "
+                "data, too high a learning rate); the last checkpoint is the last good state"
+            )
+        rank_zero_warn(f"{message}; step skipped ({streak} in a row)")
+
+    def check_weights(self, consequence: str, distributed: bool = True) -> None:
+        """Raise FloatingPointError when a weight of this module is NaN or Inf (an optimizer step
+        overflowed), saying ``consequence`` (what is not done). One fused read of the device:
+        a flag per parameter tensor, stacked. ``distributed``: under DDP and FSDP the ranks'
+        flags are combined (every rank must call this at the same point)."""
+        flags = [p.isfinite().all() for p in self.parameters()]
+        if not flags:
+            return
+        finite = torch.stack([f.to(flags[0].device) for f in flags]).all()
+        if distributed and _distributed():
+            finite = finite.to(torch.int32)
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if bool(finite):
+            return
+        bad = [n for n, p in self.named_parameters() if not bool(p.isfinite().all())]
+        where = (
+            f"{len(bad)} of {len(flags)} parameter tensors, e.g. {bad[0]}"
+            if bad
+            else ("on another rank")
+        )
+        raise FloatingPointError(
+            f"non-finite weights ({where}) after step {self.global_step}: an optimizer step "
+            f"produced NaN or Inf (too high a learning rate, an fp16 overflow); {consequence}; "
+            "no checkpoint or export is written from them, the last checkpoint is the last good "
+            "state"
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # every rank dumps the checkpoint (rank zero writes it): the flags can be all-reduced
+        self.check_weights("checkpoint not written")
+
+    def on_train_end(self) -> None:
+        # every rank, before the export callback (rank zero alone) calls export()
+        self.check_weights("not exported")
 
     def check_loss(self, loss: torch.Tensor) -> bool:
         """Whether a training step may go on with ``loss`` (automatic optimisation).
@@ -221,6 +287,7 @@ class StageModule(LightningModule):
                 loss_ok = loss_ok.to(torch.int32)
                 dist.all_reduce(loss_ok, op=dist.ReduceOp.MIN)
         if bool(norm_ok & loss_ok.bool()):  # the one read of the device on a good step
+            self._skip_streak.clear()
             return True
         if not bool(loss_ok):
             bad = int((~finite).sum())
@@ -232,7 +299,7 @@ class StageModule(LightningModule):
                     f"{message}; the optimizer step was not taken; the last checkpoint is the "
                     "last good state"
                 )
-            rank_zero_warn(f"{message}; step skipped")
+            self._skipped("loss", message)
             optimizer.zero_grad(set_to_none=True)
             return False
         raise FloatingPointError(
@@ -280,6 +347,7 @@ class StageModule(LightningModule):
         return {}
 
     def export(self, out_dir: str | Path) -> Path:
+        self.check_weights(f"{out_dir} not exported", distributed=False)  # rank zero alone
         lora = self.model_options.lora
         merge = lora is None or lora.merge_on_export
         return export_hf(

@@ -127,6 +127,8 @@ class DPOModule(PolicyModule):
         num_logged_samples: held-out prompts and answers logged as a table at each validation.
         nan_policy: a non-finite loss stops the run ("raise", naming the step) or skips that
             batch with a warning ("skip"; under DDP every rank skips it together).
+        max_consecutive_skips: under ``nan_policy: skip``, this many batches skipped in a row
+            stop the run with an error naming what was non-finite and how often.
     """
 
     def __init__(
@@ -144,6 +146,7 @@ class DPOModule(PolicyModule):
         eval_sampling: SamplingOptions = SamplingOptions(max_new_tokens=8, temperature=0.0),
         num_logged_samples: int = 8,
         nan_policy: Literal["raise", "skip"] = "raise",
+        max_consecutive_skips: int = 10,
     ) -> None:
         super().__init__(
             model_name_or_path,
@@ -156,7 +159,7 @@ class DPOModule(PolicyModule):
         )
         check_dpo_options(beta, loss_type, label_smoothing)
         self.save_hyperparameters(ignore=["optimizer", "oracle"])
-        self.nan_policy = nan_policy
+        self.set_nan_policy(nan_policy, max_consecutive_skips)
         self.ref_model_name_or_path = ref_model_name_or_path
         self.beta = beta
         self.loss_type = loss_type

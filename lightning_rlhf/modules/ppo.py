@@ -176,6 +176,8 @@ class PPOModule(PolicyModule):
         log_samples_every_n_steps: rollout samples logged as a table every this many iterations.
         nan_policy: a non-finite loss, reward or advantage stops the run ("raise") or skips the
             iteration with a warning ("skip"); checkpoints are never written from it.
+        max_consecutive_skips: under ``nan_policy: skip``, this many iterations or minibatches
+            skipped in a row stop the run with an error naming what was non-finite, how often.
     """
 
     def __init__(
@@ -200,6 +202,7 @@ class PPOModule(PolicyModule):
         num_logged_samples: int = 8,
         log_samples_every_n_steps: int = 50,
         nan_policy: Literal["raise", "skip"] = "raise",
+        max_consecutive_skips: int = 10,
     ) -> None:
         super().__init__(
             model_name_or_path,
@@ -218,6 +221,12 @@ class PPOModule(PolicyModule):
                 f"{type(advantage).__name__} needs ppo.samples_per_prompt >= "
                 f"{advantage.min_group_size} (responses per prompt), got {ppo.samples_per_prompt}"
             )
+        if sampling.temperature == 0:  # greedy: π_old is one-hot, ratio 1, KL 0, entropy 0
+            raise ValueError(
+                "model.sampling.temperature: 0 samples greedily, and PPO learns nothing from "
+                "greedy rollouts; use a temperature > 0 (1.0 samples the policy itself); "
+                "eval_sampling.temperature: 0 is fine for validation"
+            )
         self.automatic_optimization = False
         self.ref_model_name_or_path = ref_model_name_or_path
         self.reward = as_reward(reward if reward is not None else RewardModel("artifacts/rm"))
@@ -231,7 +240,7 @@ class PPOModule(PolicyModule):
         self.kl_penalty = kl_penalty
         self.shaping = shaping
         self.log_samples_every_n_steps = log_samples_every_n_steps
-        self.nan_policy = nan_policy
+        self.set_nan_policy(nan_policy, max_consecutive_skips)
         self.critic: nn.Module | None = None
         self.value_head: nn.Module | None = None
         self._ref: list[nn.Module] = []  # a list: the frozen reference is neither trained nor saved
@@ -611,6 +620,7 @@ class PPOModule(PolicyModule):
         return batches * self.ppo.ppo_epochs * self.ppo.num_minibatches
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)  # refuses non-finite weights
         checkpoint["kl_controller"] = self.kl_controller.state_dict()
         checkpoint["rng"] = {
             "torch": torch.get_rng_state(),

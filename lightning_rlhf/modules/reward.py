@@ -13,6 +13,7 @@ from lightning_rlhf.losses import bradley_terry_loss
 from lightning_rlhf.models import ModelOptions, load_scalar_model, sequence_scores, token_scalars
 from lightning_rlhf.modules.base import StageModule
 from lightning_rlhf.optim import ScheduleOptions
+from lightning_rlhf.reward_stats import check_reward_stats
 from lightning_rlhf.rewards import RewardFunction, as_reward
 from lightning_rlhf.types import PreferenceBatch
 
@@ -90,6 +91,8 @@ class RewardModule(StageModule):
             whose attention ignores position ids.
         nan_policy: a non-finite loss stops the run ("raise", naming the step) or skips that
             batch with a warning ("skip"; under DDP every rank skips it together).
+        max_consecutive_skips: under ``nan_policy: skip``, this many batches skipped in a row
+            stop the run with an error naming what was non-finite and how often.
     """
 
     def __init__(
@@ -103,12 +106,13 @@ class RewardModule(StageModule):
         num_logged_pairs: int = 8,
         padding_free: bool = False,
         nan_policy: Literal["raise", "skip"] = "raise",
+        max_consecutive_skips: int = 10,
     ) -> None:
         super().__init__(model_name_or_path, model, optimizer, schedule)
         if center_coef < 0:
             raise ValueError(f"center_coef must be >= 0, got {center_coef}")
         self.save_hyperparameters(ignore=["optimizer", "oracle"])
-        self.nan_policy = nan_policy
+        self.set_nan_policy(nan_policy, max_consecutive_skips)
         self.center_coef = center_coef
         self.oracle = None if oracle is None else as_reward(oracle, "oracle")
         self.num_logged_pairs = num_logged_pairs
@@ -217,5 +221,19 @@ class RewardModule(StageModule):
         self._pairs = []
 
     def export_extras(self) -> dict[str, dict]:
-        """reward_stats.json: mean and std of rewards over the validation pairs, for normalisation."""
-        return {"reward_stats.json": self.reward_stats} if self.reward_stats else {}
+        """reward_stats.json: mean and std of rewards over the validation pairs, for normalisation;
+        refused when the std is not positive or tiny (``rewards.check_reward_stats``)."""
+        if not self.reward_stats:
+            return {}
+        where = f"reward_stats.json (from {self.reward_stats['count']} validation rewards)"
+        fix = (
+            "not exported (the checkpoints are kept): train on pairs whose responses differ, "
+            "or longer"
+        )
+        check_reward_stats(self.reward_stats, where, fix)
+        return {"reward_stats.json": self.reward_stats}
+
+    def on_train_end(self) -> None:
+        # every rank, before the export callback (rank zero alone) would refuse the statistics
+        super().on_train_end()
+        self.export_extras()

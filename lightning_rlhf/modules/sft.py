@@ -73,6 +73,8 @@ class SFTModule(PolicyModule):
         num_logged_samples: prompts, responses and scores logged as a table at each validation.
         nan_policy: a non-finite loss stops the run ("raise", naming the step) or skips that
             batch with a warning ("skip"; under DDP every rank skips it together).
+        max_consecutive_skips: under ``nan_policy: skip``, this many batches skipped in a row
+            stop the run with an error naming what was non-finite and how often.
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class SFTModule(PolicyModule):
         eval_sampling: SamplingOptions = SamplingOptions(max_new_tokens=8, temperature=0.0),
         num_logged_samples: int = 8,
         nan_policy: Literal["raise", "skip"] = "raise",
+        max_consecutive_skips: int = 10,
     ) -> None:
         super().__init__(
             model_name_or_path,
@@ -96,7 +99,7 @@ class SFTModule(PolicyModule):
             num_logged_samples,
         )
         self.save_hyperparameters(ignore=["optimizer", "oracle"])
-        self.nan_policy = nan_policy
+        self.set_nan_policy(nan_policy, max_consecutive_skips)
         self.val_nll = MeanMetric()
         self.val_token_accuracy = MeanMetric()
 

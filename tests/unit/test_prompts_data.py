@@ -238,7 +238,7 @@ def test_long_prompts_keep_their_end_or_are_dropped(tmp_path, tiny_model_dir, to
     assert "1 truncated" in caplog.text
     long, short = dm.train_set
     assert long["prompt_ids"] == encode_prompt(tokenizer, "ghij")  # the end the answer follows
-    assert long["prompt"] == "abcdefghij"  # the reward still sees the whole prompt
+    assert long["prompt"] == "ghij"  # the reward sees the prompt the policy sees
     assert short["prompt_ids"] == encode_prompt(tokenizer, "xy")
     dropped = _dm(path, tiny_model_dir, max_prompt_length=4, truncation="drop")
     dropped.setup("fit")
