@@ -124,9 +124,16 @@ class StageModule(LightningModule):
         where = f"{bad} of {value.numel()} values" if bad else "on another rank"
         message = f"non-finite {name} ({where}) at step {self.global_step}"
         if self.nan_policy == "raise":
-            raise FloatingPointError(f"{message}; the last checkpoint is the last good state")
+            raise FloatingPointError(
+                f"{message}; {self._cause()}the last checkpoint is the last good state"
+            )
         self._skipped(name, message)
         return False
+
+    def _cause(self) -> str:
+        # read only on the way to an error: the weights, when they are what is non-finite
+        bad = self._bad_weights()
+        return f"caused by {bad}; " if bad else ""
 
     def _skipped(self, name: str, message: str) -> None:
         """A step skipped under ``nan_policy: skip``: a warning, or an error when the weights
@@ -146,30 +153,34 @@ class StageModule(LightningModule):
         rank_zero_warn(f"{message}; step skipped ({streak} in a row)")
 
     def check_weights(self, consequence: str, distributed: bool = True) -> None:
-        """Raise FloatingPointError when a weight of this module is NaN or Inf (an optimizer step
-        overflowed), saying ``consequence`` (what is not done). One fused read of the device:
+        """Raise FloatingPointError when a weight of this module is NaN or Inf, saying
+        ``consequence`` (what is not done); see :meth:`_bad_weights`."""
+        bad = self._bad_weights(distributed)
+        if bad:
+            raise FloatingPointError(
+                f"{bad}; {consequence}; no checkpoint or export is written from them, the last "
+                "checkpoint is the last good state"
+            )
+
+    def _bad_weights(self, distributed: bool = True) -> str | None:
+        """None when every weight is finite, else which are not. One fused read of the device:
         a flag per parameter tensor, stacked. ``distributed``: under DDP and FSDP the ranks'
         flags are combined (every rank must call this at the same point)."""
         flags = [p.isfinite().all() for p in self.parameters()]
         if not flags:
-            return
+            return None
         finite = torch.stack([f.to(flags[0].device) for f in flags]).all()
         if distributed and _distributed():
             finite = finite.to(torch.int32)
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         if bool(finite):
-            return
+            return None
         bad = [n for n, p in self.named_parameters() if not bool(p.isfinite().all())]
-        where = (
-            f"{len(bad)} of {len(flags)} parameter tensors, e.g. {bad[0]}"
-            if bad
-            else ("on another rank")
-        )
-        raise FloatingPointError(
-            f"non-finite weights ({where}) after step {self.global_step}: an optimizer step "
-            f"produced NaN or Inf (too high a learning rate, an fp16 overflow); {consequence}; "
-            "no checkpoint or export is written from them, the last checkpoint is the last good "
-            "state"
+        where = f"{len(bad)} of {len(flags)} parameter tensors, e.g. {bad[0]}"
+        return (
+            f"non-finite weights ({where if bad else 'on another rank'}) after step "
+            f"{self.global_step} (an optimizer step that overflowed: too high a learning rate, "
+            "an fp16 overflow)"
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -296,7 +307,7 @@ class StageModule(LightningModule):
             message = f"non-finite loss ({where}) at step {self.global_step}"
             if self.nan_policy == "raise":
                 raise FloatingPointError(
-                    f"{message}; the optimizer step was not taken; the last checkpoint is the "
+                    f"{message}; {self._cause()}the optimizer step was not taken; the last checkpoint is the "
                     "last good state"
                 )
             self._skipped("loss", message)

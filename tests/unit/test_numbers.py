@@ -83,12 +83,21 @@ def test_inf_weights_from_an_optimizer_step_never_reach_a_checkpoint_or_export(
     assert not (tmp_path / "export").exists()
 
 
-def test_inf_weights_under_skip_are_not_skipped_past(tiny_model_dir, task_dir, tmp_path):
-    """Inf weights, nan_policy skip, no checkpoints -> the next (NaN) loss raises: weights are
-    non-finite, skipping cannot recover them"""
-    module = SFTModule(tiny_model_dir, optimizer=InfOnStep, nan_policy="skip")
+@pytest.mark.parametrize(
+    "nan_policy, expected",
+    [
+        ("raise", r"non-finite loss .* caused by non-finite weights \(1 of"),
+        ("skip", r"non-finite weights \(1 of .* cannot skip past it"),
+    ],
+)
+def test_inf_weights_without_checkpoints_are_named_at_the_next_loss(
+    tiny_model_dir, task_dir, tmp_path, nan_policy, expected
+):
+    """Inf weights, no checkpoints (raise or skip) -> the next (NaN) loss raises naming the
+    weights, not only the loss; under skip: skipping cannot recover them"""
+    module = SFTModule(tiny_model_dir, optimizer=InfOnStep, nan_policy=nan_policy)
     trainer = L.Trainer(**TRAINER, max_steps=6, enable_checkpointing=False)
-    with pytest.raises(FloatingPointError, match="non-finite weights.*cannot skip past it"):
+    with pytest.raises(FloatingPointError, match=expected):
         trainer.fit(module, datamodule=sft_data(task_dir, tiny_model_dir))
     assert trainer.global_step == 2
 
