@@ -176,9 +176,9 @@ class StageModule(LightningModule):
         if bool(finite):
             return None
         bad = [n for n, p in self.named_parameters() if not bool(p.isfinite().all())]
-        where = f"{len(bad)} of {len(flags)} parameter tensors, e.g. {bad[0]}"
+        where = f"{len(bad)} of {len(flags)} parameter tensors, e.g. {bad[0]}" if bad else None
         return (
-            f"non-finite weights ({where if bad else 'on another rank'}) after step "
+            f"non-finite weights ({where or 'on another rank'}) after step "
             f"{self.global_step} (an optimizer step that overflowed: too high a learning rate, "
             "an fp16 overflow)"
         )

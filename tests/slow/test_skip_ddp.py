@@ -174,3 +174,64 @@ def test_ppo_skips_a_minibatch_and_a_rollout_on_every_rank(tiny_model_dir, task_
         assert (r["steps"], r["rollouts"], r["minibatches"], r["finite"]) == (6, 5, 7, True), r
     assert ranks[0]["sum"] == ranks[1]["sum"]  # the ranks' weights did not drift apart
     assert "non-finite rewards" in stderr and "non-finite loss" in stderr
+
+
+# Non-finite weights on rank 1 alone (as a sharded optimizer step could leave them): at the next
+# checkpoint both ranks must stop together, rank 0 told "on another rank", and nothing written.
+WEIGHTS_SCRIPT = """
+import json, sys
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning_rlhf import SFTDataModule
+from lightning_rlhf.modules.sft import SFTModule
+
+model_dir, data, out = sys.argv[1], sys.argv[2], sys.argv[3]
+L.seed_everything(0)
+
+
+class InfOnRankOne(L.Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == 2 and trainer.global_rank == 1:
+            with torch.no_grad():
+                next(pl_module.parameters()).fill_(float("inf"))
+
+
+module = SFTModule(model_dir)
+ckpt = ModelCheckpoint(dirpath=out + ".ckpt", every_n_train_steps=1, save_last=True)
+trainer = L.Trainer(
+    accelerator="cpu", devices=2, strategy="ddp", max_steps=5, logger=False,
+    enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+    callbacks=[InfOnRankOne(), ckpt],  # the poison runs before the checkpoint of its step
+)
+data_module = SFTDataModule(data, None, model_dir, val_fraction=0.0, batch_size=4, max_length=32)
+try:
+    trainer.fit(module, datamodule=data_module)
+    message = None
+except FloatingPointError as err:
+    message = str(err)
+with open(f"{out}.{trainer.global_rank}", "w") as f:
+    json.dump({"message": message, "steps": trainer.global_step}, f)
+"""
+
+
+@pytest.mark.slow
+def test_non_finite_weights_on_one_rank_stop_every_rank_before_the_checkpoint(
+    tiny_model_dir, task_dir, tmp_path
+):
+    """Inf weights on one DDP rank -> every rank stops at the checkpoint, none written from them"""
+    import torch
+
+    ranks, _ = run_two_ranks(
+        tmp_path, WEIGHTS_SCRIPT, tiny_model_dir, str(task_dir / "sft_train.jsonl")
+    )
+    assert "non-finite weights (on another rank) after step 2" in ranks[0]["message"]
+    assert "non-finite weights (1 of " in ranks[1]["message"]
+    assert ranks[0]["steps"] == ranks[1]["steps"] == 2
+    from lightning_rlhf.models import ModelOptions
+    from lightning_rlhf.optim import ScheduleOptions
+    from lightning_rlhf.rollout import SamplingOptions
+
+    with torch.serialization.safe_globals([ModelOptions, ScheduleOptions, SamplingOptions]):
+        saved = torch.load(tmp_path / "rank.ckpt" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 1  # step 2's checkpoint was refused on both ranks
