@@ -163,20 +163,22 @@ class StageModule(LightningModule):
             )
 
     def _bad_weights(self, distributed: bool = True) -> str | None:
-        """None when every weight is finite, else which are not. One fused read of the device:
-        a flag per parameter tensor, stacked. ``distributed``: under DDP and FSDP the ranks'
-        flags are combined (every rank must call this at the same point)."""
-        flags = [p.isfinite().all() for p in self.parameters()]
-        if not flags:
+        """None when every weight is finite, else which are not. One read of the device: each
+        parameter tensor's float32 sum, stacked (a NaN or Inf anywhere makes its sum non-finite;
+        a sum needs no tensor-sized temporary, unlike ``isfinite``, and finite weights would have
+        to reach 1e38 to overflow it). ``distributed``: under DDP and FSDP the ranks' flags are
+        combined (every rank must call this at the same point)."""
+        sums = [p.detach().sum(dtype=torch.float32) for p in self.parameters()]
+        if not sums:
             return None
-        finite = torch.stack([f.to(flags[0].device) for f in flags]).all()
+        finite = torch.isfinite(torch.stack([x.to(sums[0].device) for x in sums])).all()
         if distributed and _distributed():
             finite = finite.to(torch.int32)
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         if bool(finite):
             return None
         bad = [n for n, p in self.named_parameters() if not bool(p.isfinite().all())]
-        where = f"{len(bad)} of {len(flags)} parameter tensors, e.g. {bad[0]}" if bad else None
+        where = f"{len(bad)} of {len(sums)} parameter tensors, e.g. {bad[0]}" if bad else None
         return (
             f"non-finite weights ({where or 'on another rank'}) after step "
             f"{self.global_step} (an optimizer step that overflowed: too high a learning rate, "
@@ -307,8 +309,8 @@ class StageModule(LightningModule):
             message = f"non-finite loss ({where}) at step {self.global_step}"
             if self.nan_policy == "raise":
                 raise FloatingPointError(
-                    f"{message}; {self._cause()}the optimizer step was not taken; the last checkpoint is the "
-                    "last good state"
+                    f"{message}; {self._cause()}the optimizer step was not taken; the last "
+                    "checkpoint is the last good state"
                 )
             self._skipped("loss", message)
             optimizer.zero_grad(set_to_none=True)
