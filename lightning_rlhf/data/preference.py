@@ -74,7 +74,9 @@ class PreferenceDataModule(TextDataModule):
         chosen_column: column holding the preferred response (text or messages).
         rejected_column: column holding the other response.
         margin_column: optional column of required reward margins per pair.
-        max_length: longest tokenised prompt + response; longer ones keep the end of the response.
+        max_length: longest tokenised prompt + response; longer ones keep the end of the response
+            (where the score is read) and what fits of the prompt's end. Pairs that this makes
+            token-identical are dropped and counted; most of them: the data is refused.
         batch_size: pairs per step and device (each pair is two sequences).
         pad_to_multiple_of: pad each batch's width up to a multiple of this (1: to its longest
             row). On a GPU every new width costs attention a new kernel plan (~90 ms a step on an

@@ -67,9 +67,7 @@ class InfOnStep(torch.optim.SGD):
 def test_inf_weights_from_an_optimizer_step_never_reach_a_checkpoint_or_export(
     tiny_model_dir, task_dir, tmp_path, nan_policy
 ):
-    """Optimizer step writes Inf into the weights (fp32, raise or skip) -> FloatingPointError
-    naming the weights before the checkpoint is written; last.ckpt is the step before, all finite;
-    export refused"""
+    """Optimizer step writes Inf into weights -> stops before the checkpoint; none written, no export"""
     module = SFTModule(tiny_model_dir, optimizer=InfOnStep, nan_policy=nan_policy)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
     trainer = L.Trainer(**TRAINER, max_steps=4, callbacks=[ckpt])
@@ -93,8 +91,7 @@ def test_inf_weights_from_an_optimizer_step_never_reach_a_checkpoint_or_export(
 def test_inf_weights_without_checkpoints_are_named_at_the_next_loss(
     tiny_model_dir, task_dir, tmp_path, nan_policy, expected
 ):
-    """Inf weights, no checkpoints (raise or skip) -> the next (NaN) loss raises naming the
-    weights, not only the loss; under skip: skipping cannot recover them"""
+    """Inf weights, no checkpoint -> the NaN loss that follows names the weights; skip cannot pass"""
     module = SFTModule(tiny_model_dir, optimizer=InfOnStep, nan_policy=nan_policy)
     trainer = L.Trainer(**TRAINER, max_steps=6, enable_checkpointing=False)
     with pytest.raises(FloatingPointError, match=expected):
@@ -109,8 +106,7 @@ class AlwaysNaN(RewardFunction):
 
 
 def test_ppo_with_an_always_nan_reward_under_skip_stops(tiny_model_dir, task_dir, tmp_path):
-    """PPO reward always NaN, nan_policy skip -> stops after max_consecutive_skips (default 10)
-    iterations, naming the rewards and the count"""
+    """PPO reward always NaN under skip -> stops after 10 skipped iterations, naming rewards, count"""
     module = PPOModule(
         tiny_model_dir, reward=AlwaysNaN(), critic_name_or_path=None, nan_policy="skip",
         sampling=SamplingOptions(max_new_tokens=4), ppo=PPOOptions(ppo_epochs=1, num_minibatches=1),
@@ -133,8 +129,7 @@ def test_ppo_with_an_always_nan_reward_under_skip_stops(tiny_model_dir, task_dir
 
 
 def test_sft_loss_always_nan_under_skip_stops(tiny_model_dir, task_dir):
-    """SFT loss NaN on every batch, nan_policy skip, max_consecutive_skips 3 -> error after the
-    third skip naming the loss; a field value below 1 refused"""
+    """SFT loss always NaN under skip -> stops after max_consecutive_skips, naming the loss"""
     module = SFTModule(tiny_model_dir, nan_policy="skip", max_consecutive_skips=3)
     loss = module._loss
     module._loss = lambda batch: (lambda value, stats: (value * math.nan, stats))(*loss(batch))
@@ -189,8 +184,7 @@ def test_bad_reward_stats_are_refused_when_read(rm_dir, case):
 
 
 def test_reward_stage_refuses_to_write_a_degenerate_std(tiny_model_dir, tmp_path):
-    """Reward stage export whose validation rewards have std 3.8e-9 -> refused at write (and at
-    train end, on every rank), naming reward_stats.json; nothing exported"""
+    """Reward stage whose validation rewards have std 3.8e-9 -> export refused, naming the file"""
     module = RewardModule(tiny_model_dir)
     module.configure_model()
     module.reward_stats = {"val_accuracy": 0.5, "mean": -0.3, "std": 3.8e-9, "count": 20}
@@ -212,8 +206,7 @@ def pairs(path, n_tied, n_distinct):
 
 
 def test_pairs_identical_after_truncation_are_dropped_and_counted(tmp_path, tiny_model_dir, caplog):
-    """Preference pairs differing only before the kept end (2 of 5) -> dropped and counted in a
-    warning naming max_length"""
+    """Preference pairs made identical by truncation -> dropped, counted in a warning with max_length"""
     dm = PreferenceDataModule(
         pairs(tmp_path / "p.jsonl", 2, 3), None, tiny_model_dir, val_fraction=0, max_length=16
     )
@@ -224,8 +217,7 @@ def test_pairs_identical_after_truncation_are_dropped_and_counted(tmp_path, tiny
 
 
 def test_most_pairs_identical_after_truncation_are_refused(tmp_path, tiny_model_dir):
-    """20 of 20 preference pairs token-identical after truncation -> refused, naming the file and
-    max_length"""
+    """Most preference pairs identical after truncation -> refused, naming the file and max_length"""
     path = pairs(tmp_path / "p.jsonl", 20, 0)
     dm = PreferenceDataModule(path, None, tiny_model_dir, val_fraction=0, max_length=16)
     with pytest.raises(ValueError, match=r"p.jsonl.*20 of 20 pairs .* max_length 16.*raise data"):
@@ -234,7 +226,7 @@ def test_most_pairs_identical_after_truncation_are_refused(tmp_path, tiny_model_
 
 # ------------------------------------------------------------------------- item 11: context
 def test_long_prompt_reaches_the_reward_as_the_policy_saw_it(tmp_path, tiny_model_dir, caplog):
-    """A 2,000-character PPO prompt -> the policy and the reward both see its last 32 tokens"""
+    """PPO prompt longer than max_prompt_length -> the reward gets the text the policy saw"""
     long = "".join(f"{i % 10}" for i in range(2000)) + "="
     path = tmp_path / "prompts.jsonl"
     path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in [long, "1+2="]))
@@ -248,8 +240,7 @@ def test_long_prompt_reaches_the_reward_as_the_policy_saw_it(tmp_path, tiny_mode
 
 
 def test_reward_model_cuts_to_its_context_and_counts(rm_dir, caplog):
-    """Prompt + response beyond the reward model's 128 positions -> cut to its end as in reward
-    training, scored, counted in a warning and in stats()"""
+    """Prompt + response beyond the reward model's context -> cut as in reward training, counted"""
     (rm_dir / "reward_stats.json").unlink(missing_ok=True)
     rm = RewardModel(str(rm_dir), normalize=False)
     assert rm.max_length == 128  # the tiny model's max_position_embeddings
@@ -267,8 +258,7 @@ def test_reward_model_cuts_to_its_context_and_counts(rm_dir, caplog):
 
 # ------------------------------------------------------------------------- item 12: greedy
 def test_ppo_with_greedy_rollouts_is_refused(tiny_model_dir):
-    """PPO sampling.temperature 0 -> refused at construction, naming the field; eval_sampling
-    temperature 0 accepted"""
+    """PPO sampling.temperature 0 -> refused when built, naming the field (eval_sampling may be 0)"""
     with pytest.raises(ValueError, match=r"model.sampling.temperature: 0 .* greedy"):
         PPOModule(tiny_model_dir, reward=AlwaysNaN(), sampling=SamplingOptions(temperature=0.0))
     module = PPOModule(
@@ -280,8 +270,7 @@ def test_ppo_with_greedy_rollouts_is_refused(tiny_model_dir):
 
 # ------------------------------------------------------------------------- data errors
 def test_csv_cells_are_read_as_text(tmp_path, tiny_model_dir, caplog):
-    """CSV answers 046, NA, null, None -> read as text and trained on; an empty cell dropped and
-    counted"""
+    """CSV answers 046, NA, null, None -> read as text and trained on; an empty cell counted"""
     path = tmp_path / "d.csv"
     with path.open("w", newline="") as f:
         csv.writer(f).writerows(
@@ -305,8 +294,7 @@ def test_ragged_csv_names_the_row(tmp_path):
 
 
 def test_a_data_directory_of_mixed_files_is_refused(tmp_path):
-    """Data path a directory of .csv, .jsonl and .txt files -> refused in one line naming the
-    directory and each kind"""
+    """Data path a directory of .csv, .jsonl and .txt files -> refused, naming the directory, kinds"""
     (tmp_path / "a.csv").write_text("prompt,completion\n1+2=,3\n")
     (tmp_path / "b.jsonl").write_text('{"prompt": "x", "completion": "y"}\n')
     (tmp_path / "notes.txt").write_text("my notes\n")
