@@ -22,6 +22,7 @@ from pathlib import Path
 
 SCHEMA_VERSION = 1
 CHOICES = ("a", "b", "tie", "both_bad")
+ORDERS = ("random", "uncertainty", "disagreement")  # the queue orders (label/selection.py)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
