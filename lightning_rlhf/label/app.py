@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import math
 import secrets
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from starlette.routing import Route
 
 from lightning_rlhf.label.db import LabelDB, LabelDBError
 from lightning_rlhf.label.queue import add_label, labels, next_pair, progress, undo_last
-from lightning_rlhf.label.stats import agreement_report
+from lightning_rlhf.label.stats import agreement_report, json_safe
 
 LOCAL = "local"
 _TEMPLATES = Environment(
@@ -52,14 +51,6 @@ def _secret(db: LabelDB) -> bytes:
             "INSERT OR IGNORE INTO meta VALUES ('csrf_secret', ?)", (secrets.token_hex(32),)
         )
         return conn.execute("SELECT value FROM meta WHERE key='csrf_secret'").fetchone()[0].encode()
-
-
-def _json_safe(value):
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    return value
 
 
 class LabelApp:
@@ -153,7 +144,7 @@ class LabelApp:
     async def api_stats(self, request: Request) -> Response:
         self.who(request)
         report = agreement_report(labels(self.db))
-        return JSONResponse(_json_safe(report) | {"progress": progress(self.db)})
+        return JSONResponse(json_safe(report) | {"progress": progress(self.db)})
 
     async def stats_page(self, request: Request) -> Response:
         self.who(request)

@@ -153,14 +153,14 @@ def export(argv: list[str]) -> dict:
 def stats(argv: list[str]) -> dict:
     from lightning_rlhf.label.db import LabelDB
     from lightning_rlhf.label.queue import labels, progress
-    from lightning_rlhf.label.stats import agreement_report
+    from lightning_rlhf.label.stats import agreement_report, json_safe
 
     a = _db_parser("stats", "progress and agreement (raw, Cohen's and Fleiss' kappa)").parse_args(
         argv
     )
     db = _existing(LabelDB, a.db)
     report = {"progress": progress(db), **agreement_report(labels(db))}
-    print(json.dumps(report, indent=1))
+    print(json.dumps(json_safe(report), indent=1))
     return report
 
 

@@ -75,3 +75,12 @@ def agreement_report(labels: list[dict]) -> dict:
         "fleiss_kappa": fleiss_kappa(items),
         "cohen_kappa": cohen,
     }
+
+
+def json_safe(value):
+    """``value`` with NaN (an undefined kappa, no overlap yet) as None, for strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    return value

@@ -168,3 +168,19 @@ def test_export_and_label_studio_round_trip(tmp_path):
     assert sorted(map(key, labels(other))) == sorted(map(key, labels(db)))
     with pytest.raises(ValueError, match="task 0 has no text data.text2"):
         from_label_studio(other, [{"data": {"prompt": "p", "text1": "x"}}], "bad.json")
+
+
+def test_stats_command_reports_agreement(tmp_path, capsys):
+    from lightning_rlhf.label.cli import main as label_main
+
+    db = _db(tmp_path, 3, want=2)
+    x, y = db.ensure_annotator("x"), db.ensure_annotator("y")
+    for who, sides in [(x, ["tie", "tie", "both_bad"]), (y, ["tie", "both_bad", "both_bad"])]:
+        for side in sides:
+            add_label(db, who, next_pair(db, who)["pair_id"], side)
+    label_main(["stats", "--db", str(tmp_path / "labels.sqlite")])
+    report = json.loads(capsys.readouterr().out)
+    # x: tie, tie, bad; y: tie, bad, bad -> p_o = 2/3, p_e = (2·1 + 1·2)/9 = 4/9, κ = (2/9)/(5/9)
+    assert report["cohen_kappa"]["x|y"] == {"pairs": 3, "kappa": pytest.approx(0.4)}
+    assert report["progress"]["per_annotator"] == {"x": 3, "y": 3}
+    assert report["raw_agreement"] == pytest.approx(2 / 3)
