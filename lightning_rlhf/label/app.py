@@ -55,10 +55,14 @@ def _secret(db: LabelDB) -> bytes:
 
 class LabelApp:
     """The app's state and endpoints over ``db``. ``tokens``: token -> annotator name (empty:
-    the one annotator "local")."""
+    the one annotator "local"). ``lease_s``: how long a shown, unlabelled pair stays reserved
+    for its annotator (``queue.next_pair``)."""
 
-    def __init__(self, db: LabelDB, tokens: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, db: LabelDB, tokens: dict[str, str] | None = None, lease_s: float = 1800.0
+    ) -> None:
         self.db = db
+        self.lease_s = lease_s
         self.tokens = dict(tokens or {})
         for token, name in self.tokens.items():  # the database keeps a hash, never the token
             db.ensure_annotator(name, hashlib.sha256(token.encode()).hexdigest())
@@ -109,7 +113,7 @@ class LabelApp:
         nonce = secrets.token_urlsafe(16)
         html = _TEMPLATES.get_template("label.html").render(
             annotator=name,
-            pair=next_pair(self.db, self.ids[name]),
+            pair=next_pair(self.db, self.ids[name], lease_s=self.lease_s),
             csrf=self.csrf_for(name),
             nonce=nonce,
             progress=progress(self.db),
@@ -118,7 +122,8 @@ class LabelApp:
         return HTMLResponse(html, headers=_headers(nonce))
 
     async def api_next(self, request: Request) -> Response:
-        return JSONResponse(next_pair(self.db, self.ids[self.who(request)]) or {"done": True})
+        pair = next_pair(self.db, self.ids[self.who(request)], lease_s=self.lease_s)
+        return JSONResponse(pair or {"done": True})
 
     async def api_label(self, request: Request) -> Response:
         name, body = await self.posted(request)
@@ -169,10 +174,15 @@ def _guarded(handler):
     return endpoint
 
 
-def create_app(db: LabelDB, tokens: dict[str, str] | None = None, local_only: bool = True):
+def create_app(
+    db: LabelDB,
+    tokens: dict[str, str] | None = None,
+    local_only: bool = True,
+    lease_s: float = 1800.0,
+):
     """The ASGI app. ``local_only``: accept only Host headers naming this machine (a guard
     against DNS rebinding in the token-less mode)."""
-    app = LabelApp(db, tokens)
+    app = LabelApp(db, tokens, lease_s)
     routes = [
         Route("/", app.page),
         Route("/stats", _guarded(app.stats_page)),

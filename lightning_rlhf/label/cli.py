@@ -63,6 +63,12 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--annotators", help="name:token,... or @FILE (required off 127.0.0.1)")
+    p.add_argument(
+        "--lease-minutes",
+        type=float,
+        default=30.0,
+        help="a shown, unlabelled pair is reserved this long, then others may take it",
+    )
     p.add_argument("--fill-only", action="store_true", help="queue the pairs, do not serve")
     return p
 
@@ -123,7 +129,7 @@ def _run_server(db, a: argparse.Namespace, tokens: dict[str, str]) -> None:
         raise ImportError(
             f"the labeling app needs the 'label' extra ({err}): pip install -e '.[label]'"
         ) from err
-    app = create_app(db, tokens, local_only=a.host in LOCAL_HOSTS)
+    app = create_app(db, tokens, a.host in LOCAL_HOSTS, lease_s=60 * a.lease_minutes)
     where = f"http://{a.host}:{a.port}/"
     links = [f"{where}?token={t}  ({n})" for t, n in tokens.items()] or [where]
     print("serving " + "\n        ".join(links), flush=True)

@@ -23,7 +23,6 @@ _PAIR = (
     "JOIN responses a ON a.id = p.response_a JOIN responses b ON b.id = p.response_b "
     "WHERE p.id = ?"
 )
-_LIVE = "SELECT 1 FROM labels l WHERE l.pair_id = {0}.pair_id AND l.annotator_id = ? AND l.undone IS NULL"
 
 
 def _shown(db: LabelDB, pair_id: int, left_response: int) -> dict:
@@ -34,35 +33,59 @@ def _shown(db: LabelDB, pair_id: int, left_response: int) -> dict:
     return {"pair_id": pair_id, "prompt": row["prompt"], "left": left, "right": right}
 
 
-def next_pair(db: LabelDB, annotator_id: int, rng: random.Random | None = None) -> dict | None:
+_HELD = (
+    "(EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = s.pair_id AND l.annotator_id = "
+    "s.annotator_id AND l.undone IS NULL) OR s.assigned > :cutoff)"
+)
+
+
+def next_pair(
+    db: LabelDB, annotator_id: int, rng: random.Random | None = None, lease_s: float = 1800.0
+) -> dict | None:
     """The annotator's pending pair, else the highest-priority pair with a free slot they have
     not seen (assigned now, sides drawn at random); None when nothing is left for them.
+
+    A slot is held by a label, or by an assignment handed out (or shown again) in the last
+    ``lease_s`` seconds: the slot of someone who walked away is given to the next annotator,
+    whose assignment replaces theirs.
 
     Returns {"pair_id", "prompt", "left": {"id", "text"}, "right": {"id", "text"}}.
     """
     rng = rng or random.SystemRandom()
+    now = time.time()
+    args = {"me": annotator_id, "cutoff": now - lease_s, "now": now}
     with db.transaction() as conn:
         pending = conn.execute(
-            "SELECT s.pair_id, s.left_response FROM assignments s WHERE s.annotator_id = ? "
-            f"AND NOT EXISTS ({_LIVE.format('s')}) ORDER BY s.assigned, s.pair_id LIMIT 1",
-            (annotator_id, annotator_id),
+            "SELECT s.pair_id, s.left_response FROM assignments s WHERE s.annotator_id = :me "
+            "AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = s.pair_id AND "
+            "l.annotator_id = :me AND l.undone IS NULL) ORDER BY s.assigned, s.pair_id LIMIT 1",
+            args,
         ).fetchone()
         if pending is not None:
+            conn.execute(  # shown again: the lease restarts
+                "UPDATE assignments SET assigned = :now WHERE pair_id = :pair AND "
+                "annotator_id = :me",
+                args | {"pair": pending["pair_id"]},
+            )
             return _shown(db, pending["pair_id"], pending["left_response"])
         free = conn.execute(
             "SELECT p.id, p.response_a, p.response_b FROM pairs p WHERE NOT EXISTS "
-            "(SELECT 1 FROM assignments s WHERE s.pair_id = p.id AND s.annotator_id = ?) "
-            "AND (SELECT COUNT(*) FROM assignments s WHERE s.pair_id = p.id) < p.want "
-            "ORDER BY p.priority DESC, p.id LIMIT 1",
-            (annotator_id,),
+            "(SELECT 1 FROM assignments s WHERE s.pair_id = p.id AND s.annotator_id = :me) "
+            f"AND (SELECT COUNT(*) FROM assignments s WHERE s.pair_id = p.id AND {_HELD}) "
+            "< p.want ORDER BY p.priority DESC, p.id LIMIT 1",
+            args,
         ).fetchone()
         if free is None:
             return None
+        conn.execute(  # lapsed slots of this pair: their holders lose them
+            f"DELETE FROM assignments AS s WHERE s.pair_id = :pair AND NOT {_HELD}",
+            args | {"pair": free["id"]},
+        )
         left = free["response_a"] if rng.random() < 0.5 else free["response_b"]
         conn.execute(
             "INSERT INTO assignments (pair_id, annotator_id, left_response, assigned) "
             "VALUES (?, ?, ?, ?)",
-            (free["id"], annotator_id, left, time.time()),
+            (free["id"], annotator_id, left, now),
         )
         return _shown(db, free["id"], left)
 

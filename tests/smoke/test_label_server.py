@@ -19,7 +19,7 @@ def test_sigkill_loses_no_confirmed_label_and_a_second_server_refuses(tmp_path):
     server = Server(db)
     try:
         second = subprocess.run(
-            [sys.executable, "-m", "lightning_rlhf", "label", "--db", str(db), "--port", "1"],
+            [sys.executable, "-m", "lightning_rlhf.label", "--db", str(db), "--port", "1"],
             capture_output=True,
             text=True,
             cwd=ROOT,
@@ -137,3 +137,10 @@ def test_bad_annotator_spec(bad):
 
     with pytest.raises(ValueError, match="name:token with a token of at least 8"):
         parse_annotators(bad)
+
+
+def test_label_is_a_tool_of_the_package_cli(tmp_path):
+    from lightning_rlhf.cli import main
+
+    with pytest.raises(SystemExit, match="label database .* does not exist"):
+        main(["label", "stats", "--db", str(tmp_path / "missing.sqlite")])

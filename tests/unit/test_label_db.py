@@ -84,6 +84,19 @@ def test_overlap_caps_annotators_per_pair(tmp_path):
     assert [s and s["pair_id"] for s in seen] == [1, 1, 2, None]
 
 
+def test_a_lapsed_slot_goes_to_the_next_annotator(tmp_path):
+    db = _db(tmp_path, 1)
+    alice, bob = db.ensure_annotator("alice"), db.ensure_annotator("bob")
+    shown = next_pair(db, alice)
+    assert next_pair(db, bob, lease_s=3600) is None  # alice holds the one slot
+    assert next_pair(db, bob, lease_s=0)["pair_id"] == shown["pair_id"]  # her lease lapsed
+    with pytest.raises(LabelDBError, match="not given to this annotator"):
+        add_label(db, alice, shown["pair_id"], "tie")
+    add_label(db, bob, shown["pair_id"], "tie")
+    assert next_pair(db, alice, lease_s=0) is None  # a label holds its slot for good
+    assert db.conn.execute("SELECT COUNT(*) FROM assignments").fetchone()[0] == 1
+
+
 def test_agreement_statistics_against_hand_computed_values():
     # Cohen: p_o = 4/5; p_e = 3/5·2/5 + 2/5·3/5 = 0.48; κ = 0.32 / 0.52
     assert cohen_kappa(list("aabba"), list("abbba")) == pytest.approx(0.32 / 0.52, abs=1e-12)
