@@ -1,13 +1,17 @@
-"""Does choosing which pairs to label save labels? Random vs reward-model uncertainty, with the
-bundled task's oracle standing in for the person, labelling through the app's HTTP API.
+"""Does choosing which pairs to label save labels? Random vs reward-model uncertainty (vs an
+ensemble's disagreement), with the bundled task's oracle standing in for the person, labelling
+through the app's HTTP API.
 
-python benchmarks/label_active.py --out benchmarks/results/label_active   # ~15 min on 2 CPU cores
+python benchmarks/label_active.py --out benchmarks/results/label_active --epochs 10   # ~16 min, 2 CPUs
+python benchmarks/label_active.py --arms disagreement --out benchmarks/results/label_active_disagreement --epochs 10
 
 Per seed: a pool of the task's train pairs (a correct and a corrupted answer, sides shuffled) is
 queued in two databases, identically. Both arms label the first 100 pairs of the random order
 (the same pairs) and train the shared starting reward model on them. Then, round by round up to
 N = 200, 400, 800 labels: the active arm re-ranks its open pairs by the current reward model's
-uncertainty (smallest |r_A − r_B|, ``label rerank``), the random arm keeps its order; the oracle
+uncertainty (smallest |r_A − r_B|, ``label rerank``; the disagreement arm by the std of the
+margins of that model and ``members − 1`` trained on bootstrap resamples of its labels), the
+random arm keeps its order; the oracle
 labels through ``/api/next`` + ``/api/label``; ``label export`` gives the preference JSONL; a
 reward model is trained afresh on it (the same steps per label in both arms) and scored by
 pairwise accuracy on the task's 500 held-out pairs. Writes results.json and accuracy.png.
@@ -141,38 +145,62 @@ def accuracy(rm_dir: Path, val: list[dict]) -> float:
     return (chosen > rejected).float().mean().item()
 
 
+def bootstrap(prefs: Path, out: Path, seed: int) -> Path:
+    rows = read_jsonl(prefs)
+    rng = random.Random(seed)
+    out.write_text("".join(json.dumps(rng.choice(rows)) + "\n" for _ in rows))
+    return out
+
+
+def rankers(arm: str, base: str, prefs: Path, model: Path, stem: Path, a, seed: int) -> list[str]:
+    """The reward models that order the arm's next round: none (random), the arm's own model
+    (uncertainty), or it and ``members − 1`` models trained on bootstrap resamples of the same
+    labels (disagreement)."""
+    if arm == "random":
+        return []
+    members = [str(model)]
+    for k in range(1, a.members if arm == "disagreement" else 1):
+        resampled = bootstrap(prefs, Path(f"{stem}_boot{k}.jsonl"), seed * 100 + k)
+        members.append(
+            str(
+                train_reward_model(
+                    base, resampled, Path(f"{stem}_boot{k}"), a.epochs, seed * 100 + k
+                )
+            )
+        )
+    return members
+
+
 def run_seed(work: Path, base: str, pool: list, val: list, seed: int, a) -> dict:
-    dbs = {arm: work / f"s{seed}_{arm}.sqlite" for arm in ("random", "uncertainty")}
+    dbs = {arm: work / f"s{seed}_{arm}.sqlite" for arm in a.arms}
     for db in dbs.values():
         queue_pool(db, pool, seed)
     servers = {arm: Server(db) for arm, db in dbs.items()}
-    out: dict = {"random": {}, "uncertainty": {}}
+    out: dict = {arm: {} for arm in a.arms}
     try:
         for server in servers.values():
-            server.oracle_labels(a.start)
-        export_preferences(LabelDB(dbs["random"]), str(work / f"s{seed}_start.jsonl"))
-        rm = {
-            arm: train_reward_model(
-                base, work / f"s{seed}_start.jsonl", work / f"s{seed}_rm_start", a.epochs, seed
-            )
-            for arm in ("random",)
+            server.oracle_labels(a.start)  # the same first pairs in every arm
+        start = work / f"s{seed}_start.jsonl"
+        export_preferences(LabelDB(dbs[a.arms[0]]), str(start))
+        model = train_reward_model(base, start, work / f"s{seed}_rm_start", a.epochs, seed)
+        out["start"] = {"n": a.start, "accuracy": accuracy(model, val)}
+        rank = {
+            arm: rankers(arm, base, start, model, work / f"s{seed}_{arm}_start", a, seed)
+            for arm in a.arms
         }
-        rm["uncertainty"] = rm["random"]  # the same pairs, the same starting model
-        start = accuracy(rm["random"], val)
-        out["start"] = {"n": a.start, "accuracy": start}
         done = a.start
         for n in a.sizes:
             for arm, server in servers.items():
-                if arm == "uncertainty":
-                    rerank(LabelDB(dbs[arm]), "uncertainty", [str(rm[arm])])
+                if rank[arm]:
+                    rerank(LabelDB(dbs[arm]), arm, rank[arm])
                 server.oracle_labels(n - done)
                 prefs = work / f"s{seed}_{arm}_{n}.jsonl"
                 counts = export_preferences(LabelDB(dbs[arm]), str(prefs))
-                rm[arm] = train_reward_model(
-                    base, prefs, work / f"s{seed}_rm_{arm}_{n}", a.epochs, seed
-                )
-                out[arm][n] = {"accuracy": accuracy(rm[arm], val), **counts}
+                stem = work / f"s{seed}_rm_{arm}_{n}"
+                model = train_reward_model(base, prefs, stem, a.epochs, seed)
+                out[arm][n] = {"accuracy": accuracy(model, val), **counts}
                 print(json.dumps({"seed": seed, "arm": arm, "n": n, **out[arm][n]}), flush=True)
+                rank[arm] = rankers(arm, base, prefs, model, stem, a, seed)
             done = n
     finally:
         for server in servers.values():
@@ -187,8 +215,9 @@ def plot(results: dict, sizes: list[int], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    for arm in ("random", "uncertainty"):
-        accs = torch.tensor([[r[arm][n]["accuracy"] for n in sizes] for r in results.values()])
+    arms = [k for k in next(iter(results.values())) if k != "start"]
+    for arm in arms:
+        accs = torch.tensor([[r[arm][str(n)]["accuracy"] for n in sizes] for r in results.values()])
         mean, std = accs.mean(0), accs.std(0) if len(accs) > 1 else torch.zeros(len(sizes))
         ax.errorbar(sizes, mean, yerr=std, marker="o", capsize=3, label=arm)
     ax.set_xscale("log", base=2)
@@ -210,11 +239,31 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[200, 400, 800])
     p.add_argument("--start", type=int, default=100, help="random labels before the first model")
     p.add_argument("--epochs", type=int, default=8, help="reward-model epochs over the labels")
+    p.add_argument(
+        "--arms",
+        nargs="+",
+        default=["random", "uncertainty"],
+        choices=["random", "uncertainty", "disagreement"],
+    )
+    p.add_argument("--members", type=int, default=3, help="disagreement: the ensemble's size")
+    p.add_argument(
+        "--plot",
+        nargs="+",
+        metavar="RESULTS_JSON",
+        help="only plot these results files' arms together (same seeds and sizes)",
+    )
     p.add_argument("--work", default="/tmp/label_active", help="databases, exports and models")
     p.add_argument("--pool-scale", type=float, default=0.3, help="task scale: 3,000 pool pairs")
     a = p.parse_args()
-    torch.set_num_threads(1)
     out = Path(a.out)
+    if a.plot:
+        merged: dict = {}
+        for path in a.plot:
+            for seed, arms in json.loads(Path(path).read_text())["results"].items():
+                merged.setdefault(seed, {}).update(arms)
+        plot(merged, a.sizes, out / "accuracy.png")
+        return
+    torch.set_num_threads(1)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -229,7 +278,7 @@ def main() -> None:
     results = {seed: run_seed(work, base, pool, val, seed, a) for seed in a.seeds}
     summary = {"seconds": round(time.time() - began), "args": vars(a), "results": results}
     (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
-    plot(results, a.sizes, out / "accuracy.png")
+    plot(json.loads(json.dumps(results)), a.sizes, out / "accuracy.png")
     print(json.dumps(summary["results"]))
 
 
