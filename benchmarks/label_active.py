@@ -3,18 +3,19 @@ ensemble's disagreement), with the bundled task's oracle standing in for the per
 through the app's HTTP API.
 
 python benchmarks/label_active.py --out benchmarks/results/label_active --epochs 10   # ~16 min, 2 CPUs
-python benchmarks/label_active.py --arms disagreement --out benchmarks/results/label_active_disagreement --epochs 10
+python benchmarks/label_active.py --arms disagreement --epochs 10 \
+    --out benchmarks/results/label_active_disagreement
 
 Per seed: a pool of the task's train pairs (a correct and a corrupted answer, sides shuffled) is
-queued in two databases, identically. Both arms label the first 100 pairs of the random order
-(the same pairs) and train the shared starting reward model on them. Then, round by round up to
-N = 200, 400, 800 labels: the active arm re-ranks its open pairs by the current reward model's
-uncertainty (smallest |r_A − r_B|, ``label rerank``; the disagreement arm by the std of the
-margins of that model and ``members − 1`` trained on bootstrap resamples of its labels), the
-random arm keeps its order; the oracle
-labels through ``/api/next`` + ``/api/label``; ``label export`` gives the preference JSONL; a
-reward model is trained afresh on it (the same steps per label in both arms) and scored by
-pairwise accuracy on the task's 500 held-out pairs. Writes results.json and accuracy.png.
+queued in one database per arm, identically. Every arm labels the first 100 pairs of the random
+order (the same pairs) and trains the same starting reward model on them. Then, round by round up
+to N = 200, 400, 800 labels: the uncertainty arm re-ranks its open pairs by the current reward
+model's uncertainty (smallest |r_A − r_B|, ``label rerank``), the disagreement arm by the std of
+the margins of that model and ``members − 1`` more trained on bootstrap resamples of its labels,
+the random arm keeps its order; the oracle labels through ``/api/next`` + ``/api/label``;
+``label export`` gives the preference JSONL; a reward model is trained afresh on it (the same
+steps per label in every arm) and scored by pairwise accuracy on the task's 500 held-out pairs.
+Writes results.json and accuracy.png.
 """
 
 from __future__ import annotations
