@@ -257,6 +257,7 @@ def main() -> None:
     p.add_argument("--pool-scale", type=float, default=0.3, help="task scale: 3,000 pool pairs")
     a = p.parse_args()
     out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
     if a.plot:
         merged: dict = {}
         for path in a.plot:
@@ -267,7 +268,6 @@ def main() -> None:
     torch.set_num_threads(1)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
     from lightning_rlhf.tasks import write_task_data
     from lightning_rlhf.tiny import init_tiny_model
 
