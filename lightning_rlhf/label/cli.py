@@ -58,7 +58,7 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=int, default=1, help="annotators per overlapping pair (K)")
     p.add_argument("--overlap-share", type=float, default=0.2, help="share of pairs shown to K")
     p.add_argument("--order", choices=ORDERS, default="random")
-    p.add_argument("--reward", action="append", default=[], help="reward model dir (repeatable)")
+    p.add_argument("--reward", nargs="+", action="extend", default=[], help="reward model dir(s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
@@ -200,7 +200,7 @@ def rerank_command(argv: list[str]) -> int:
 
     p = _db_parser("rerank", rerank.__doc__)
     p.add_argument("--order", choices=ORDERS, required=True)
-    p.add_argument("--reward", action="append", default=[])
+    p.add_argument("--reward", nargs="+", action="extend", default=[])
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     n = rerank(_existing(LabelDB, a.db), a.order, a.reward, a.seed)

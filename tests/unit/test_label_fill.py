@@ -101,3 +101,31 @@ def test_uncertainty_and_disagreement_read_the_reward_models(monkeypatch):
     assert got == pytest.approx([0.0, -0.05])
     got = priorities("disagreement", ["p", "q"], ["a", "a"], ["b", "b"], ["rm1", "rm2"])
     assert got == pytest.approx([2.0, 0.05])
+
+
+def test_fill_only_through_the_command(tmp_path, tiny_model_dir, task_dir, capsys, one_thread):
+    db = tmp_path / "l.sqlite"
+    argv = [
+        "--db",
+        str(db),
+        "--policy",
+        tiny_model_dir,
+        "--against",
+        tiny_model_dir,
+        "--prompts",
+        str(task_dir / "prompts_val.jsonl"),
+        "--num-pairs",
+        "3",
+        "--max-new-tokens",
+        "4",
+        "--fill-only",
+    ]
+    label_main(argv)
+    counts = json.loads(capsys.readouterr().out.split("queue: ")[1])
+    assert counts["queued"] + counts["identical"] == 3
+    argv[argv.index("--num-pairs") + 1] = str(counts["queued"])  # identical pairs were not kept
+    label_main(argv)  # the queue already holds that many: nothing new sampled
+    assert json.loads(capsys.readouterr().out.split("queue: ")[1])["queued"] == 0
+    assert (
+        sqlite3.connect(db).execute("SELECT COUNT(*) FROM pairs").fetchone()[0] == counts["queued"]
+    )
