@@ -5,6 +5,7 @@ python -m lightning_rlhf init-model artifacts/tiny-base     # the embedded defau
 python -m lightning_rlhf make-data artifacts/task           # the bundled task's data
 python -m lightning_rlhf evaluate artifacts/sft             # oracle score on held-out prompts
 python -m lightning_rlhf demo                               # the whole pipeline, embedded defaults
+python -m lightning_rlhf label --policy artifacts/sft --prompts FILE --db labels.sqlite  # people judge
 """
 
 from __future__ import annotations
@@ -131,7 +132,14 @@ def _evaluate(argv: list[str]) -> None:
     evaluate_main(argv)
 
 
+def _label(argv: list[str]) -> None:
+    from lightning_rlhf.label.cli import main as label_main
+
+    label_main(argv)
+
+
 TOOLS = {"init-model": _init_model, "make-data": _make_data, "evaluate": _evaluate, "demo": _demo}
+TOOLS["label"] = _label
 
 
 def main(args: list[str] | None = None) -> None:
