@@ -172,13 +172,14 @@ class PreferenceDataModule(TextDataModule):
                 skipped["identical chosen and rejected"] += 1
                 continue
             templated = isinstance(row[hp.chosen_column], list)
-            p_ids = encode_prompt(self.tokenizer, prompt, templated)
-            chosen_ids, chosen_len = _fitted(
-                p_ids, encode_completion(self.tokenizer, chosen), hp.max_length
-            )
-            rejected_ids, rejected_len = _fitted(
-                p_ids, encode_completion(self.tokenizer, rejected), hp.max_length
-            )
+            try:
+                p_ids = encode_prompt(self.tokenizer, prompt, templated)
+                chosen_ids = encode_completion(self.tokenizer, chosen)
+                rejected_ids = encode_completion(self.tokenizer, rejected)
+            except ValueError as err:
+                raise ValueError(f"{source} row {i}: {err}") from None
+            chosen_ids, chosen_len = _fitted(p_ids, chosen_ids, hp.max_length)
+            rejected_ids, rejected_len = _fitted(p_ids, rejected_ids, hp.max_length)
             out.append(
                 {
                     "chosen_ids": chosen_ids,

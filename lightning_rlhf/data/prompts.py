@@ -10,7 +10,12 @@ from torch.utils.data import DataLoader
 from lightning_rlhf.data.base import ResumableLoader, ResumableSampler, TextDataModule
 from lightning_rlhf.data.collate import collate_prompts
 from lightning_rlhf.data.load import require_columns
-from lightning_rlhf.data.text import encode_prompt, render_chat
+from lightning_rlhf.data.text import (
+    check_messages,
+    encode_prompt,
+    render_chat,
+    without_final_answers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +35,9 @@ class PromptDataModule(TextDataModule):
         subset: hub dataset configuration name.
         val_fraction: fraction of training rows held out when ``val_path`` is None.
         prompt_column: column holding the prompt text.
-        messages_column: column holding a conversation to continue (used when present).
+        messages_column: column holding a conversation to continue (used when present); its
+            trailing assistant turns, if any, are left out (they would answer the prompt), and
+            counted in the log.
         prompt_until: keep each prompt up to and including the last occurrence of this marker,
             e.g. "\n\nAssistant:" to take HH-RLHF's dialogues without their final answer; rows
             without the marker are dropped and counted. None keeps the whole text.
@@ -73,37 +80,59 @@ class PromptDataModule(TextDataModule):
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.save_hyperparameters()
 
+    def _prompt_text(self, row: dict) -> tuple[object, bool, bool]:
+        """(prompt, templated, whether trailing assistant turns were left out) of one row, cut
+        at ``prompt_until``; the prompt is None (or not text) when the row has none."""
+        hp = self.hparams
+        messages, templated, stripped = row.get(hp.messages_column), False, False
+        if messages:  # an empty conversation: the prompt column, if any
+            check_messages(messages)
+            asked = without_final_answers(messages)
+            templated, stripped = bool(asked), len(asked) < len(messages)
+            prompt = (
+                render_chat(self.tokenizer, asked, add_generation_prompt=True) if asked else None
+            )
+        else:
+            prompt = row.get(hp.prompt_column)  # None: the row has neither
+        if hp.prompt_until and isinstance(prompt, str):
+            cut_at = prompt.rfind(hp.prompt_until)
+            prompt = prompt[: cut_at + len(hp.prompt_until)] if cut_at >= 0 else ""
+        return prompt, templated, stripped
+
     def _encode(self, ds, source: str) -> list[dict]:
         hp = self.hparams
         chat = hp.messages_column in ds.column_names
         if not chat:
             require_columns(ds, [hp.prompt_column], source)
-        out, dropped, cut = [], 0, 0
+        out, dropped, cut, answered = [], 0, 0, 0
         for i, row in enumerate(ds):
-            templated = bool(row.get(hp.messages_column))  # an empty conversation: no prompt
             try:
-                prompt = (
-                    render_chat(self.tokenizer, row[hp.messages_column], add_generation_prompt=True)
-                    if templated
-                    else row.get(hp.prompt_column)  # None: the row has neither
-                )
+                prompt, templated, stripped = self._prompt_text(row)
+                answered += stripped
             except ValueError as err:
                 raise ValueError(
                     f"{source} row {i}: {err} (column '{hp.messages_column}')"
                 ) from None
-            if hp.prompt_until and isinstance(prompt, str):
-                cut_at = prompt.rfind(hp.prompt_until)
-                prompt = prompt[: cut_at + len(hp.prompt_until)] if cut_at >= 0 else ""
             if not isinstance(prompt, str) or not prompt.strip():
                 dropped += 1
                 continue
-            ids = encode_prompt(self.tokenizer, prompt, templated=templated)
+            try:
+                ids = encode_prompt(self.tokenizer, prompt, templated=templated)
+            except ValueError as err:
+                raise ValueError(f"{source} row {i}: {err}") from None
             if len(ids) > hp.max_prompt_length:
                 if hp.truncation == "drop":
                     dropped += 1
                     continue
                 ids, cut = ids[-hp.max_prompt_length :], cut + 1
             out.append({"prompt_ids": ids, "prompt": prompt})
+        if answered:
+            log.warning(
+                "%s: %d conversations ended with assistant turns: those were left out of the "
+                "prompts (the policy answers the last non-assistant turn)",
+                source,
+                answered,
+            )
         if dropped or cut:
             log.warning(
                 "%s: %d prompts dropped (empty, not text, or too long), %d truncated",

@@ -131,8 +131,11 @@ class SFTDataModule(TextDataModule):
             if not isinstance(prompt, str) or not isinstance(completion, str) or not completion:
                 dropped += 1
                 continue
-            p_ids = encode_prompt(self.tokenizer, prompt, templated)
-            c_ids = encode_completion(self.tokenizer, completion)
+            try:
+                p_ids = encode_prompt(self.tokenizer, prompt, templated)
+                c_ids = encode_completion(self.tokenizer, completion)
+            except ValueError as err:
+                raise ValueError(f"{source} row {i}: {err}") from None
             too_long = len(p_ids) + len(c_ids) > hp.max_length
             fitted = (
                 None
