@@ -73,7 +73,9 @@ class SFTDataModule(TextDataModule):
             (``truncation="left"``) or are dropped and counted (``"drop"``).
         truncation: policy for examples longer than ``max_length``.
         completion_only_loss: learn only the completion tokens (False: the prompt too).
-        packing: concatenate examples into full rows of ``max_length`` (no padding).
+        packing: concatenate examples into full rows of ``max_length`` (no padding); before
+            the first packed step the model is probed, and one whose attention ignores
+            ``position_ids`` (OPT, GPT-2) is refused, naming its type.
         batch_size: examples (packed rows when packing) per step and device.
         pad_to_multiple_of: pad each batch's width up to a multiple of this (1: to its longest
             row). On a GPU every new width costs attention a new kernel plan (~90 ms a step on an
