@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lightning_rlhf import PreferenceDataModule, RewardModule, SFTDataModule, SFTModule
-from lightning_rlhf.models import load_causal_lm
+from lightning_rlhf.models import check_same_tokenizer, load_causal_lm, load_scalar_model
 from lightning_rlhf.packing import causal_lm_forward, check_packing, packing_disagreement
 
 TRAINER = dict(
@@ -87,3 +87,90 @@ def test_padding_free_reward_on_opt_is_refused_and_on_llama_runs(
         else:
             trainer.fit(module, datamodule=data)
             assert module.global_step == 1
+
+
+# ------------------------------------------------------------------------------- exports
+@pytest.fixture(scope="module")
+def tiny_gpt2_dir(tmp_path_factory):
+    """A 2-layer GPT-2 whose tokenizer pads with its EOS (as GPT-2's does, once given a pad)."""
+    from transformers import ByT5Tokenizer, GPT2Config, GPT2LMHeadModel
+
+    tok = ByT5Tokenizer()
+    tok.pad_token = tok.eos_token
+    assert tok.pad_token_id == tok.eos_token_id == 1 and len(tok) == 384
+    config = GPT2Config(
+        vocab_size=len(tok), n_embd=16, n_layer=2, n_head=2, n_positions=64,
+        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("gpt2")
+    GPT2LMHeadModel(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+def _batch(tokenizer, texts, side):
+    from lightning_rlhf.data.collate import pad
+    from lightning_rlhf.data.text import encode_completion, encode_prompt
+
+    seqs = [encode_prompt(tokenizer, p) + encode_completion(tokenizer, r) for p, r in texts]
+    ids = pad(seqs, tokenizer.pad_token_id, side=side)
+    mask = pad([[1] * len(s) for s in seqs], 0, side=side)
+    return ids, mask
+
+
+def test_an_exported_pad_eq_eos_reward_model_scores_the_same_in_plain_transformers(
+    tiny_gpt2_dir, tmp_path
+):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from lightning_rlhf.models import load_tokenizer, sequence_scores
+
+    module = RewardModule(tiny_gpt2_dir)
+    module.configure_model()
+    with torch.no_grad():  # a head that is not ~0: the scores must tell tokens apart
+        module.model.score.weight.normal_(0, 1.0)
+    module.model.eval()
+    out = module.export(tmp_path / "rm")
+    assert module.tokenizer.pad_token_id == module.tokenizer.eos_token_id  # the module's is kept
+    texts = [("12+3=", "15"), ("rev abc=", "cba"), ("hi", "a longer answer")]
+    plain = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    plain_tok = AutoTokenizer.from_pretrained(out)
+    assert plain_tok.pad_token_id != plain_tok.eos_token_id == module.tokenizer.eos_token_id
+    assert plain.config.pad_token_id == plain_tok.pad_token_id
+    ours = load_tokenizer(tiny_gpt2_dir)
+    with torch.no_grad():
+        for side in ("right", "left"):
+            ids, mask = _batch(ours, texts, side)
+            expected = sequence_scores(module.model, ids, mask)  # (3,), read at each EOS
+            ids, mask = _batch(plain_tok, texts, side)
+            # GPT-2's positions are learned: left padding needs them given, as for any tool
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            got = plain(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, 0]
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    # the round trip through the stages' own loader reads the same scores
+    reloaded = load_scalar_model(str(out), pad_token_id=plain_tok.pad_token_id).eval()
+    ids, mask = _batch(load_tokenizer(str(out)), texts, "left")
+    with torch.no_grad():
+        torch.testing.assert_close(
+            sequence_scores(reloaded, ids, mask), expected, atol=1e-5, rtol=0
+        )
+    # a critic started from this export still reads the policy's ids: its own pad is allowed
+    check_same_tokenizer(tiny_gpt2_dir, str(out), "critic")
+
+
+def test_exported_tokenizers_carry_the_fallback_chat_template(tiny_model_dir, tmp_path):
+    from lightning_rlhf.data.text import PLAIN_CHAT_TEMPLATE, render_chat
+    from lightning_rlhf.models import load_tokenizer
+
+    module = SFTModule(tiny_model_dir)
+    assert not module.tokenizer.chat_template  # the byte tokenizer ships none
+    module.configure_model()
+    out = module.export(tmp_path / "sft")
+    exported = load_tokenizer(str(out))
+    assert exported.chat_template == PLAIN_CHAT_TEMPLATE
+    assert not module.tokenizer.chat_template  # the module's own tokenizer is left as it was
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    prompt = exported.apply_chat_template(msgs[:1], tokenize=False, add_generation_prompt=True)
+    assert prompt == render_chat(module.tokenizer, msgs[:1], add_generation_prompt=True)
+    assert prompt == "user: hi\nassistant: "
