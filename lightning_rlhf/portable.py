@@ -48,7 +48,7 @@ def with_distinct_pad(model: nn.Module, tokenizer: Any, copied: bool) -> tuple[n
     names it. ``model`` is copied first unless ``copied`` (it is already a copy), so the module
     being trained is left as it was.
     """
-    if tokenizer.pad_token_id != tokenizer.eos_token_id or not is_scalar_model(model):
+    if not is_scalar_model(model) or tokenizer.pad_token_id != tokenizer.eos_token_id:
         return model, tokenizer
     tokenizer = copy.deepcopy(tokenizer)
     tokenizer.add_special_tokens({"pad_token": EXPORT_PAD_TOKEN})
