@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Any, Literal
 
 from torch.utils.data import DataLoader
 
@@ -27,30 +27,23 @@ class PromptDataModule(TextDataModule):
     template and its generation prompt. The train loader resumes mid-epoch from a checkpoint.
 
     Args:
-        train_path: hub dataset name, local directory, or local .jsonl/.json/.parquet/.csv file.
+        train_path: the training prompts (a file, directory or hub dataset).
         val_path: held-out prompts, scored at validation; None holds out ``val_fraction``.
-        tokenizer: the policy's model directory or hub name (linked by the CLI).
-        train_split: split of ``train_path`` to read.
-        val_split: split of ``val_path`` to read.
-        subset: hub dataset configuration name.
-        val_fraction: fraction of training rows held out when ``val_path`` is None.
+        tokenizer: the policy's model directory or hub name.
         prompt_column: column holding the prompt text.
         messages_column: column holding a conversation to continue (used when present); its
             trailing assistant turns, if any, are left out (they would answer the prompt), and
             counted in the log.
         prompt_until: keep each prompt up to and including the last occurrence of this marker,
-            e.g. "\n\nAssistant:" to take HH-RLHF's dialogues without their final answer; rows
+            e.g. "\\n\\nAssistant:" to take HH-RLHF's dialogues without their final answer; rows
             without the marker are dropped and counted. None keeps the whole text.
         max_prompt_length: longest prompt in tokens; longer prompts lose their left side
             (``truncation="left"``) or are dropped and counted (``"drop"``).
         truncation: policy for prompts longer than ``max_prompt_length``.
-        batch_size: prompts per rollout and device.
-        pad_to_multiple_of: pad each batch's width up to a multiple of this (1: to its longest
-            row). On a GPU every new width costs attention a new kernel plan (~90 ms a step on an
-            H200 with a 0.5B model, both fused attention passes): 16 or 64 keeps the widths few.
         num_val_prompts: held-out prompts scored at each validation.
-        seed: seed of the held-out split and of the shuffle.
-        trust_remote_code: allow the tokenizer's own code from the hub.
+        **kwargs: the options every data module has (:class:`TextDataModule`): ``train_split``,
+            ``val_split``, ``subset``, ``val_fraction``, ``batch_size`` (prompts per rollout),
+            ``pad_to_multiple_of``, ``num_workers``, ``seed``, ``trust_remote_code``.
     """
 
     def __init__(
@@ -58,27 +51,17 @@ class PromptDataModule(TextDataModule):
         train_path: str = "artifacts/task/prompts_train.jsonl",
         val_path: str | None = "artifacts/task/prompts_val.jsonl",
         tokenizer: str = "artifacts/sft",
-        train_split: str = "train",
-        val_split: str = "train",
-        subset: str | None = None,
-        val_fraction: float = 0.05,
         prompt_column: str = "prompt",
         messages_column: str = "messages",
         prompt_until: str | None = None,
         max_prompt_length: int = 64,
         truncation: Literal["left", "drop"] = "left",
-        batch_size: int = 64,
-        pad_to_multiple_of: int = 1,
         num_val_prompts: int = 500,
-        seed: int = 0,
-        trust_remote_code: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
         if max_prompt_length < 1:
-            raise ValueError(f"max_prompt_length must be at least 1, got {max_prompt_length}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.save_hyperparameters()
+            raise ValueError(f"data.max_prompt_length must be at least 1, got {max_prompt_length}")
+        super().__init__(train_path, val_path, tokenizer, **kwargs)
 
     def _prompt_text(self, row: dict) -> tuple[object, bool, bool]:
         """(prompt, templated, whether trailing assistant turns were left out) of one row, cut
@@ -141,9 +124,10 @@ class PromptDataModule(TextDataModule):
                 cut,
             )
         # only the train loader batches by batch_size (drop_last); the val split's name can match
-        if len(out) < hp.batch_size and source == f"{hp.train_path} [{hp.train_split}]":
+        batch_size = self.loader.batch_size
+        if len(out) < batch_size and source == self.source.train_name:
             raise ValueError(
-                f"{source}: {len(out)} usable prompts, fewer than one batch ({hp.batch_size})"
+                f"{source}: {len(out)} usable prompts, fewer than one batch ({batch_size})"
             )
         if not out:
             raise ValueError(f"{source}: no usable prompts among {len(ds)} rows")
