@@ -136,8 +136,6 @@ def test_an_exported_pad_eq_eos_reward_model_scores_the_same_in_plain_transforme
     texts = [("12+3=", "15"), ("rev abc=", "cba"), ("hi", "a longer answer")]
     plain = AutoModelForSequenceClassification.from_pretrained(out).eval()
     plain_tok = AutoTokenizer.from_pretrained(out)
-    assert plain_tok.pad_token_id != plain_tok.eos_token_id == module.tokenizer.eos_token_id
-    assert plain.config.pad_token_id == plain_tok.pad_token_id
     ours = load_tokenizer(tiny_gpt2_dir)
     with torch.no_grad():
         for side in ("right", "left"):
@@ -148,6 +146,9 @@ def test_an_exported_pad_eq_eos_reward_model_scores_the_same_in_plain_transforme
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             got = plain(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, 0]
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    # a pad token of its own, named in the config, is what makes it so
+    assert plain_tok.pad_token_id != plain_tok.eos_token_id == module.tokenizer.eos_token_id
+    assert plain.config.pad_token_id == plain_tok.pad_token_id
     # the round trip through the stages' own loader reads the same scores
     reloaded = load_scalar_model(str(out), pad_token_id=plain_tok.pad_token_id).eval()
     ids, mask = _batch(load_tokenizer(str(out)), texts, "left")
