@@ -79,3 +79,10 @@ def test_prompts_from_conversations_leave_out_their_final_answers(tmp_path, tiny
     ]
     assert "3 conversations ended with assistant turns" in caplog.text
     assert "1 prompts dropped" in caplog.text
+
+
+def test_a_text_of_special_tokens_alone_is_not_taken_for_a_broken_tokenizer(tokenizer):
+    from lightning_rlhf.data.text import encode_completion, encode_prompt
+
+    assert encode_completion(tokenizer, "</s>") == [tokenizer.eos_token_id]
+    assert encode_prompt(tokenizer, "") == []
