@@ -175,3 +175,17 @@ def test_exported_tokenizers_carry_the_fallback_chat_template(tiny_model_dir, tm
     prompt = exported.apply_chat_template(msgs[:1], tokenize=False, add_generation_prompt=True)
     assert prompt == render_chat(module.tokenizer, msgs[:1], add_generation_prompt=True)
     assert prompt == "user: hi\nassistant: "
+
+
+# ------------------------------------------------------------------------------- oracle
+def test_the_shipped_oracle_on_user_data_names_the_option_before_training(tiny_model_dir, tmp_path):
+    from lightning_rlhf import TaskOracle
+
+    rows = [{"prompt": f"Human: hi {i}\n\nAssistant:", "completion": " hello"} for i in range(8)]
+    path = write_jsonl(tmp_path / "hh.jsonl", rows)
+    data = SFTDataModule(path, None, tiny_model_dir, val_fraction=0.25, batch_size=2)
+    module = SFTModule(tiny_model_dir, oracle=TaskOracle(), num_logged_samples=0)
+    trainer = L.Trainer(**{**TRAINER, "num_sanity_val_steps": 2, "limit_val_batches": None})
+    with pytest.raises(ValueError, match=r"'Human: hi \d.*--model\.oracle null"):
+        trainer.fit(module, datamodule=data)
+    assert module.global_step == 0  # the sanity check's generation caught it
