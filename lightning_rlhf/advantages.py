@@ -3,9 +3,12 @@
 Pure PyTorch. Conventions used throughout:
 
 * ``B`` is the batch size, ``T`` the number of (response) tokens per row.
-* A ``mask`` is a float or bool tensor with 1 at valid tokens and 0 elsewhere; it is always
-  used as ``mask.to(x.dtype)``. Sums over an all-zero mask are divided by ``max(count, 1)``,
-  so empty masks give 0 rather than NaN.
+* A ``mask`` is a float or bool tensor with 1 at valid tokens and 0 elsewhere. Masked positions
+  are *selected away* (``torch.where``), never multiplied by 0: a NaN or inf there (padding, a
+  ``-inf`` logit under top-k) cannot reach a valid position's result. Sums over an all-zero mask
+  are divided by ``max(count, 1)``, so empty masks give 0 rather than NaN.
+* Group and batch statistics are taken in float64 and a spread below :func:`zero_spread`'s
+  tolerance counts as none, so identical scores have advantage exactly 0.
 """
 
 from __future__ import annotations
@@ -21,11 +24,45 @@ from torch import Tensor
 # ---------------------------------------------------------------------------------------------
 
 
+def masked_fill_zero(x: Tensor, mask: Tensor) -> Tensor:
+    """``x`` where ``mask`` is 1, exactly 0 elsewhere (even where ``x`` is NaN or inf).
+
+    ``x * mask`` would keep ``nan * 0 = nan`` and ``inf * 0 = nan``; ``torch.where`` does not.
+
+    Args:
+        x: any shape, e.g. (B, T).
+        mask: same shape as ``x`` (or broadcastable to it).
+
+    Returns:
+        same shape as ``x``.
+    """
+    return torch.where(mask.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def zero_spread(std: Tensor, x: Tensor, dim: int | None = None) -> Tensor:
+    """Whether a standard deviation is rounding noise: ``std <= 2 * eps(x.dtype) * max|x|``.
+
+    Values that differ by a few units in the last place of the dtype they came in (e.g. a
+    float32 sum of per-token rewards) have no real spread; dividing their residue by
+    ``std + eps`` would turn it into advantages of order 1 (eight float32 12.7s: +0.49 each).
+
+    Args:
+        std: the spread, 0-dim (``dim=None``) or with ``dim`` kept, e.g. (B/G, 1).
+        x: the values it was measured on, e.g. (B/G, G); their dtype sets the tolerance.
+        dim: the dimension reduced for ``std`` (``None``: all).
+
+    Returns:
+        bool tensor shaped like ``std``.
+    """
+    scale = x.abs().amax() if dim is None else x.abs().amax(dim=dim, keepdim=True)
+    return std <= 2 * torch.finfo(x.dtype).eps * scale.to(std.dtype)
+
+
 def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     """Mean of ``x`` over the positions where ``mask`` is 1.
 
-    ``sum(x * m) / max(sum(m), 1)`` over all elements (``dim=None``, 0-dim result) or along
-    ``dim`` (that dimension is reduced).
+    ``sum(where(m, x, 0)) / max(sum(m), 1)`` over all elements (``dim=None``, 0-dim result) or
+    along ``dim`` (that dimension is reduced). NaN or inf at masked positions is ignored.
 
     Args:
         x: any shape, e.g. (B, T).
@@ -35,10 +72,11 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     Returns:
         0-dim tensor if ``dim is None``, else ``x`` with ``dim`` removed, e.g. (B,).
     """
+    kept = masked_fill_zero(x, mask)
     mask = mask.to(x.dtype)
     if dim is None:
-        return (x * mask).sum() / mask.sum().clamp(min=1)
-    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+        return kept.sum() / mask.sum().clamp(min=1)
+    return kept.sum(dim) / mask.sum(dim).clamp(min=1)
 
 
 def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
@@ -46,6 +84,7 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
 
     ``var = masked_mean((x - masked_mean(x))**2)``, multiplied by the Bessel correction
     ``n / (n - 1)`` when ``unbiased`` and ``n = sum(mask) > 1`` (no correction for n <= 1).
+    Computed in float64, returned in ``x``'s dtype.
 
     Args:
         x: any shape, e.g. (B, T).
@@ -55,13 +94,12 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     Returns:
         0-dim tensor.
     """
-    mask = mask.to(x.dtype)
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+    x64 = x.double()
+    var = masked_mean((x64 - masked_mean(x64, mask)) ** 2, mask)
     if unbiased:
-        n = mask.sum()
+        n = mask.double().sum()
         var = var * n / (n - 1).clamp(min=1)  # n <= 1: var is 0 and stays 0
-    return var
+    return var.to(x.dtype)
 
 
 def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
@@ -69,7 +107,9 @@ def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float =
 
     ``y = (x - mean) / sqrt(var + eps)`` with ``mean``/``var`` from :func:`masked_mean` and
     :func:`masked_var` (unbiased) over all valid elements; if ``shift_mean`` is False the
-    mean is added back (``y + mean``: rescale only). Masked positions are set to 0.
+    mean is added back (``y + mean``: rescale only). Masked positions are set to 0. Computed in
+    float64; values whose spread is rounding noise (:func:`zero_spread`) give ``y = 0``
+    (``mean`` when not ``shift_mean``), not their residue scaled up by ``1 / sqrt(eps)``.
 
     Args:
         x: any shape, e.g. (B, T).
@@ -80,13 +120,15 @@ def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float =
     Returns:
         same shape as ``x``.
     """
-    mask = mask.to(x.dtype)
-    mean = masked_mean(x, mask)
-    var = masked_var(x, mask, unbiased=True)
-    whitened = (x - mean) * torch.rsqrt(var + eps)
+    kept = masked_fill_zero(x, mask)
+    x64 = kept.double()
+    mean = masked_mean(x64, mask)
+    var = masked_var(x64, mask, unbiased=True)
+    whitened = (x64 - mean) * torch.rsqrt(var + eps)
+    whitened = torch.where(zero_spread(var.sqrt(), kept), 0.0, whitened)
     if not shift_mean:
         whitened = whitened + mean
-    return whitened * mask
+    return masked_fill_zero(whitened, mask).to(x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,7 +210,7 @@ def penalized_rewards(
 ) -> tuple[Tensor, Tensor]:
     """Per-token PPO rewards: KL penalty at every token plus the score at the last token.
 
-    ``kl = KL_ESTIMATORS[estimator](logprobs, ref_logprobs) * mask`` and
+    ``kl = KL_ESTIMATORS[estimator](logprobs, ref_logprobs)`` at valid positions (0 elsewhere) and
     ``rewards = -beta * kl``, then ``rewards[b, last[b]] += scores[b]`` where ``last[b]`` is
     the largest index t with ``mask[b, t] == 1`` (works for left, right or no padding).
     Rows whose mask is all zero get no score: their rewards and kl are all 0.
@@ -186,8 +228,8 @@ def penalized_rewards(
     """
     if estimator not in KL_ESTIMATORS:
         raise ValueError(f"estimator must be one of {sorted(KL_ESTIMATORS)}, got {estimator!r}")
+    kl = masked_fill_zero(KL_ESTIMATORS[estimator](logprobs, ref_logprobs), mask)
     mask = mask.to(logprobs.dtype)
-    kl = KL_ESTIMATORS[estimator](logprobs, ref_logprobs) * mask
     rewards = -beta * kl
     T = mask.shape[1]
     positions = torch.arange(T, device=mask.device).expand_as(mask)  # (B, T)
@@ -219,9 +261,9 @@ def gae(
     Returns:
         ``(advantages, returns)``, both (B, T), detached.
     """
+    rewards = masked_fill_zero(rewards.detach(), mask)
+    values = masked_fill_zero(values.detach(), mask)
     mask = mask.to(values.dtype)
-    rewards = rewards.detach() * mask
-    values = values.detach() * mask
     next_value = torch.zeros_like(values[:, 0])  # (B,)
     next_adv = torch.zeros_like(values[:, 0])  # (B,)
     advantages = []
@@ -260,7 +302,8 @@ def group_advantages(
     ``A = (s - mean_g(s)) / (std_g(s) + eps)`` if ``normalize_std`` else ``A = s - mean_g(s)``.
     ``std_g`` is the *population* standard deviation (``unbiased=False``, divide by G), so
     G = 1 is well defined (A = 0); note TRL's GRPO uses the sample std (divide by G - 1).
-    A group of identical scores gets A = 0.
+    The statistics are taken in float64, and a group whose std is rounding noise
+    (:func:`zero_spread`) gets A = 0 exactly: so does every group of identical scores.
 
     Args:
         scores: (B,) sequence scores, consecutive groups of ``group_size`` share a prompt.
@@ -269,32 +312,40 @@ def group_advantages(
         eps: added to the std.
 
     Returns:
-        (B,) advantages.
+        (B,) advantages, in ``scores``' dtype.
     """
     _check_groups(scores, group_size, min_size=1)
     grouped = scores.view(-1, group_size)  # (B/G, G)
-    adv = grouped - grouped.mean(dim=1, keepdim=True)
+    g64 = grouped.double()
+    adv = g64 - g64.mean(dim=1, keepdim=True)
+    std = g64.std(dim=1, unbiased=False, keepdim=True)  # (B/G, 1)
     if normalize_std:
-        adv = adv / (grouped.std(dim=1, unbiased=False, keepdim=True) + eps)
-    return adv.reshape(-1)
+        adv = adv / (std + eps)
+    adv = torch.where(zero_spread(std, grouped, dim=1), 0.0, adv)
+    return adv.to(scores.dtype).reshape(-1)
 
 
 def leave_one_out_advantages(scores: Tensor, group_size: int) -> Tensor:
     """RLOO advantages (Ahmadian et al. 2024): score minus the mean of the others in its group.
 
-    ``A_i = s_i - (sum_g(s) - s_i) / (G - 1) = G / (G - 1) * (s_i - mean_g(s))``.
+    ``A_i = s_i - (sum_g(s) - s_i) / (G - 1) = G / (G - 1) * (s_i - mean_g(s))``, in float64,
+    with 0 for a group whose spread is rounding noise (:func:`zero_spread`), as for identical
+    scores.
 
     Args:
         scores: (B,) sequence scores, consecutive groups of ``group_size`` share a prompt.
         group_size: G >= 2, completions per prompt; must divide B.
 
     Returns:
-        (B,) advantages.
+        (B,) advantages, in ``scores``' dtype.
     """
     _check_groups(scores, group_size, min_size=2)
     grouped = scores.view(-1, group_size)  # (B/G, G)
-    baseline = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
-    return (grouped - baseline).reshape(-1)
+    g64 = grouped.double()
+    baseline = (g64.sum(dim=1, keepdim=True) - g64) / (group_size - 1)
+    std = g64.std(dim=1, unbiased=False, keepdim=True)  # (B/G, 1)
+    adv = torch.where(zero_spread(std, grouped, dim=1), 0.0, g64 - baseline)
+    return adv.to(scores.dtype).reshape(-1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,8 +397,11 @@ class GAE(AdvantageEstimator):
 
 def _sequence_advantages(seq_adv: Tensor, returns: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """Broadcast (B,) advantages and returns to every valid token: (B, T) each."""
-    mask = mask.to(seq_adv.dtype)
-    return seq_adv.unsqueeze(1) * mask, returns.unsqueeze(1) * mask
+    B, T = mask.shape
+    return (
+        masked_fill_zero(seq_adv.unsqueeze(1).expand(B, T), mask),
+        masked_fill_zero(returns.unsqueeze(1).expand(B, T), mask),
+    )
 
 
 class GroupRelative(AdvantageEstimator):
@@ -372,7 +426,7 @@ class GroupRelative(AdvantageEstimator):
     def __call__(
         self, rewards: Tensor, values: Tensor, mask: Tensor, group_size: int
     ) -> tuple[Tensor, Tensor]:
-        returns = (rewards * mask.to(rewards.dtype)).sum(1)  # (B,)
+        returns = masked_fill_zero(rewards, mask).sum(1)  # (B,)
         adv = group_advantages(returns, group_size, self.scale_by_std, self.eps)
         return _sequence_advantages(adv, returns, mask)
 
@@ -387,7 +441,7 @@ class LeaveOneOut(AdvantageEstimator):
     def __call__(
         self, rewards: Tensor, values: Tensor, mask: Tensor, group_size: int
     ) -> tuple[Tensor, Tensor]:
-        returns = (rewards * mask.to(rewards.dtype)).sum(1)  # (B,)
+        returns = masked_fill_zero(rewards, mask).sum(1)  # (B,)
         adv = leave_one_out_advantages(returns, group_size)
         return _sequence_advantages(adv, returns, mask)
 

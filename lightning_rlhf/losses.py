@@ -59,7 +59,8 @@ def entropy_from_logits(logits: Tensor, chunk_size: int = 1024) -> Tensor:
     """Entropy of the softmax distribution: ``H = logsumexp(z) - sum_v softmax(z)_v * z_v``.
 
     Chunked over the flattened (B*T) rows and computed in float32, like
-    :func:`token_logprobs`.
+    :func:`token_logprobs`. Logits of ``-inf`` (tokens a top-k filter removed) have probability
+    0 and contribute 0: the entropy of such a row is finite, and so is its gradient.
 
     Args:
         logits: (B, T, V), any float dtype.
@@ -74,7 +75,9 @@ def entropy_from_logits(logits: Tensor, chunk_size: int = 1024) -> Tensor:
     chunks = []
     for start in range(0, B * T, chunk_size):
         z = flat_logits[start : start + chunk_size].float()  # (chunk, V)
-        chunks.append(torch.logsumexp(z, dim=-1) - (torch.softmax(z, dim=-1) * z).sum(dim=-1))
+        # a -inf logit (top-k, a banned token) has probability 0 and adds 0, not 0 * -inf = NaN
+        finite_z = z.masked_fill(torch.isneginf(z), 0.0)
+        chunks.append(torch.logsumexp(z, dim=-1) - (torch.softmax(z, dim=-1) * finite_z).sum(-1))
     if not chunks:  # B * T == 0
         return logits.new_zeros((B, T), dtype=torch.float32)
     return torch.cat(chunks).view(B, T)

@@ -95,8 +95,15 @@ def check_same_tokenizer(policy: str, other: str, role: str, trust_remote_code: 
         return
     a, b = load_tokenizer(policy, trust_remote_code), load_tokenizer(other, trust_remote_code)
     va, vb = a.get_vocab(), b.get_vocab()
-    differ = sum(vb.get(t) != i for t, i in va.items()) + len(vb.keys() - va.keys())
-    if differ or (a.eos_token_id, a.pad_token_id) != (b.eos_token_id, b.pad_token_id):
+    # a reward-model export may add a pad token of its own (portable.py): the policy's ids, its
+    # pad (masked) included, still mean the same
+    own_pad = b.pad_token if b.pad_token_id != a.pad_token_id and b.pad_token not in va else None
+    differ = sum(vb.get(t) != i for t, i in va.items()) + len(vb.keys() - va.keys() - {own_pad})
+    if (
+        differ
+        or a.eos_token_id != b.eos_token_id
+        or (a.pad_token_id != b.pad_token_id and not own_pad)
+    ):
         raise ValueError(
             f"{role} '{other}' has another tokenizer than the policy '{policy}' ({differ} of "
             f"{len(va)} token ids differ; EOS/pad ids {b.eos_token_id}/{b.pad_token_id} vs "
@@ -321,13 +328,22 @@ def export_hf(
 
     A LoRA model is merged into its base (``merge_lora``) or saved as an adapter. ``extra_json``
     writes further files (e.g. reward statistics) beside the weights. Weights are safetensors.
+    So that plain transformers reads the export as the stages did (``portable.py``), the
+    tokenizer carries the chat template prompts were rendered with, and a scalar model whose
+    pad token is its EOS gets a pad token of its own (not for an adapter, saved without its base).
     """
+    import copy
+
     from peft import PeftModel
 
-    if isinstance(model, PeftModel) and merge_lora:
-        import copy
+    from lightning_rlhf.portable import with_chat_template, with_distinct_pad
 
-        model = copy.deepcopy(model).merge_and_unload()
+    copied = False
+    if isinstance(model, PeftModel) and merge_lora:
+        model, copied = copy.deepcopy(model).merge_and_unload(), True
+    tokenizer = with_chat_template(tokenizer)
+    if not isinstance(model, PeftModel):
+        model, tokenizer = with_distinct_pad(model, tokenizer, copied)
     # a PeftModel holding further adapters (PPO's critic) exports its active one: the policy's
     selected = {"selected_adapters": [model.active_adapter]} if isinstance(model, PeftModel) else {}
     with atomic_dir(out_dir) as tmp:

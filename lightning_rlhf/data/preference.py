@@ -7,6 +7,7 @@ import math
 import os
 from collections import Counter
 from functools import partial
+from typing import Any
 
 from torch.utils.data import DataLoader
 
@@ -62,13 +63,9 @@ class PreferenceDataModule(TextDataModule):
     identical that way, the data is refused.
 
     Args:
-        train_path: hub dataset name, local directory, or local .jsonl/.json/.parquet/.csv file.
-        val_path: the same for validation; None holds out ``val_fraction`` of the training rows.
-        tokenizer: model directory or hub name whose tokenizer is used (linked by the CLI).
-        train_split: split of ``train_path`` to read.
-        val_split: split of ``val_path`` to read.
-        subset: hub dataset configuration name.
-        val_fraction: fraction of training rows held out when ``val_path`` is None.
+        train_path: the training pairs (a file, directory or hub dataset).
+        val_path: the validation pairs; None holds out ``val_fraction`` of the training rows.
+        tokenizer: the model directory or hub name whose tokenizer is used.
         prompt_column: column holding the prompt; when the data has no such column the prompt is
             the shared prefix of chosen and rejected.
         chosen_column: column holding the preferred response (text or messages).
@@ -77,16 +74,12 @@ class PreferenceDataModule(TextDataModule):
         max_length: longest tokenised prompt + response; longer ones keep the end of the response
             (where the score is read) and what fits of the prompt's end. Pairs that this makes
             token-identical are dropped and counted; most of them: the data is refused.
-        batch_size: pairs per step and device (each pair is two sequences).
-        pad_to_multiple_of: pad each batch's width up to a multiple of this (1: to its longest
-            row). On a GPU every new width costs attention a new kernel plan (~90 ms a step on an
-            H200 with a 0.5B model, both fused attention passes): 16 or 64 keeps the widths few.
         num_eval_prompts: prompts of the first validation pairs served as a second validation
             loader, for a policy to answer (the DPO stage's oracle score); 0 serves the pairs
             alone, as the reward stage expects.
-        num_workers: DataLoader workers.
-        seed: seed of the held-out split and shuffling.
-        trust_remote_code: allow the tokenizer's own code from the hub.
+        **kwargs: the options every data module has (:class:`TextDataModule`): ``train_split``,
+            ``val_split``, ``subset``, ``val_fraction``, ``batch_size`` (pairs),
+            ``pad_to_multiple_of``, ``num_workers``, ``seed``, ``trust_remote_code``.
     """
 
     def __init__(
@@ -94,28 +87,19 @@ class PreferenceDataModule(TextDataModule):
         train_path: str = "artifacts/task/pref_train.jsonl",
         val_path: str | None = "artifacts/task/pref_val.jsonl",
         tokenizer: str = "artifacts/sft",
-        train_split: str = "train",
-        val_split: str = "train",
-        subset: str | None = None,
-        val_fraction: float = 0.05,
         prompt_column: str = "prompt",
         chosen_column: str = "chosen",
         rejected_column: str = "rejected",
         margin_column: str | None = None,
         max_length: int = 128,
-        batch_size: int = 64,
-        pad_to_multiple_of: int = 1,
         num_eval_prompts: int = 0,
-        num_workers: int = 0,
-        seed: int = 0,
-        trust_remote_code: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
         if max_length < 2:
-            raise ValueError(f"max_length must be at least 2, got {max_length}")
+            raise ValueError(f"data.max_length must be at least 2, got {max_length}")
         if num_eval_prompts < 0:
-            raise ValueError(f"num_eval_prompts must be >= 0, got {num_eval_prompts}")
-        self.save_hyperparameters()
+            raise ValueError(f"data.num_eval_prompts must be >= 0, got {num_eval_prompts}")
+        super().__init__(train_path, val_path, tokenizer, **kwargs)
 
     def _texts(self, row: dict, has_prompt: bool) -> tuple[str, str, str]:
         hp = self.hparams
@@ -175,13 +159,14 @@ class PreferenceDataModule(TextDataModule):
                 skipped["identical chosen and rejected"] += 1
                 continue
             templated = isinstance(row[hp.chosen_column], list)
-            p_ids = encode_prompt(self.tokenizer, prompt, templated)
-            chosen_ids, chosen_len = _fitted(
-                p_ids, encode_completion(self.tokenizer, chosen), hp.max_length
-            )
-            rejected_ids, rejected_len = _fitted(
-                p_ids, encode_completion(self.tokenizer, rejected), hp.max_length
-            )
+            try:
+                p_ids = encode_prompt(self.tokenizer, prompt, templated)
+                chosen_ids = encode_completion(self.tokenizer, chosen)
+                rejected_ids = encode_completion(self.tokenizer, rejected)
+            except ValueError as err:
+                raise ValueError(f"{source} row {i}: {err}") from None
+            chosen_ids, chosen_len = _fitted(p_ids, chosen_ids, hp.max_length)
+            rejected_ids, rejected_len = _fitted(p_ids, rejected_ids, hp.max_length)
             if chosen_ids == rejected_ids:  # they differed only in what the cut removed
                 skipped[f"identical once cut to max_length {hp.max_length}"] += 1
                 continue
@@ -222,18 +207,18 @@ class PreferenceDataModule(TextDataModule):
         """The pairs; with ``num_eval_prompts``, a second loader of their prompts, left-padded."""
         if not self.val_set:
             return []
-        hp = self.hparams
+        loader = self.loader
         pairs = DataLoader(
             self.val_set,
-            batch_size=hp.batch_size,
-            num_workers=hp.num_workers,
+            batch_size=loader.batch_size,
+            num_workers=loader.num_workers,
             collate_fn=self._collate(),
         )
         if not self.hparams.num_eval_prompts:
             return pairs
         prompts = DataLoader(
             self.val_set[: self.hparams.num_eval_prompts],
-            batch_size=max(self.hparams.batch_size, 128),
+            batch_size=max(loader.batch_size, 128),
             collate_fn=self.collate(collate_prompts),
         )
         return [pairs, prompts]

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Any, Literal
 
 from torch.utils.data import DataLoader
 
 from lightning_rlhf.data.base import ResumableLoader, ResumableSampler, TextDataModule
 from lightning_rlhf.data.collate import collate_prompts
 from lightning_rlhf.data.load import require_columns
-from lightning_rlhf.data.text import encode_prompt, render_chat
+from lightning_rlhf.data.text import (
+    check_messages,
+    encode_prompt,
+    render_chat,
+    without_final_answers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -22,29 +27,24 @@ class PromptDataModule(TextDataModule):
     template and its generation prompt. The train loader resumes mid-epoch from a checkpoint.
 
     Args:
-        train_path: hub dataset name, local directory, or local .jsonl/.json/.parquet/.csv file.
+        train_path: the training prompts (a file, directory or hub dataset).
         val_path: held-out prompts, scored at validation; None holds out ``val_fraction``.
-        tokenizer: the policy's model directory or hub name (linked by the CLI).
-        train_split: split of ``train_path`` to read.
-        val_split: split of ``val_path`` to read.
-        subset: hub dataset configuration name.
-        val_fraction: fraction of training rows held out when ``val_path`` is None.
+        tokenizer: the policy's model directory or hub name.
         prompt_column: column holding the prompt text.
-        messages_column: column holding a conversation to continue (used when present).
+        messages_column: column holding a conversation to continue (used when present); its
+            trailing assistant turns, if any, are left out (they would answer the prompt), and
+            counted in the log.
         prompt_until: keep each prompt up to and including the last occurrence of this marker,
-            e.g. "\n\nAssistant:" to take HH-RLHF's dialogues without their final answer; rows
+            e.g. "\\n\\nAssistant:" to take HH-RLHF's dialogues without their final answer; rows
             without the marker are dropped and counted. None keeps the whole text.
         max_prompt_length: longest prompt in tokens; longer prompts lose their left side
             (``truncation="left"``; the prompt text the reward sees is then the kept tokens,
             decoded) or are dropped and counted (``"drop"``).
         truncation: policy for prompts longer than ``max_prompt_length``.
-        batch_size: prompts per rollout and device.
-        pad_to_multiple_of: pad each batch's width up to a multiple of this (1: to its longest
-            row). On a GPU every new width costs attention a new kernel plan (~90 ms a step on an
-            H200 with a 0.5B model, both fused attention passes): 16 or 64 keeps the widths few.
         num_val_prompts: held-out prompts scored at each validation.
-        seed: seed of the held-out split and of the shuffle.
-        trust_remote_code: allow the tokenizer's own code from the hub.
+        **kwargs: the options every data module has (:class:`TextDataModule`): ``train_split``,
+            ``val_split``, ``subset``, ``val_fraction``, ``batch_size`` (prompts per rollout),
+            ``pad_to_multiple_of``, ``num_workers``, ``seed``, ``trust_remote_code``.
     """
 
     def __init__(
@@ -52,53 +52,58 @@ class PromptDataModule(TextDataModule):
         train_path: str = "artifacts/task/prompts_train.jsonl",
         val_path: str | None = "artifacts/task/prompts_val.jsonl",
         tokenizer: str = "artifacts/sft",
-        train_split: str = "train",
-        val_split: str = "train",
-        subset: str | None = None,
-        val_fraction: float = 0.05,
         prompt_column: str = "prompt",
         messages_column: str = "messages",
         prompt_until: str | None = None,
         max_prompt_length: int = 64,
         truncation: Literal["left", "drop"] = "left",
-        batch_size: int = 64,
-        pad_to_multiple_of: int = 1,
         num_val_prompts: int = 500,
-        seed: int = 0,
-        trust_remote_code: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
         if max_prompt_length < 1:
-            raise ValueError(f"max_prompt_length must be at least 1, got {max_prompt_length}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.save_hyperparameters()
+            raise ValueError(f"data.max_prompt_length must be at least 1, got {max_prompt_length}")
+        super().__init__(train_path, val_path, tokenizer, **kwargs)
+
+    def _prompt_text(self, row: dict) -> tuple[object, bool, bool]:
+        """(prompt, templated, whether trailing assistant turns were left out) of one row, cut
+        at ``prompt_until``; the prompt is None (or not text) when the row has none."""
+        hp = self.hparams
+        messages, templated, stripped = row.get(hp.messages_column), False, False
+        if messages:  # an empty conversation: the prompt column, if any
+            check_messages(messages)
+            asked = without_final_answers(messages)
+            templated, stripped = bool(asked), len(asked) < len(messages)
+            prompt = (
+                render_chat(self.tokenizer, asked, add_generation_prompt=True) if asked else None
+            )
+        else:
+            prompt = row.get(hp.prompt_column)  # None: the row has neither
+        if hp.prompt_until and isinstance(prompt, str):
+            cut_at = prompt.rfind(hp.prompt_until)
+            prompt = prompt[: cut_at + len(hp.prompt_until)] if cut_at >= 0 else ""
+        return prompt, templated, stripped
 
     def _encode(self, ds, source: str) -> list[dict]:
         hp = self.hparams
         chat = hp.messages_column in ds.column_names
         if not chat:
             require_columns(ds, [hp.prompt_column], source)
-        out, dropped, cut = [], 0, 0
+        out, dropped, cut, answered = [], 0, 0, 0
         for i, row in enumerate(ds):
-            templated = bool(row.get(hp.messages_column))  # an empty conversation: no prompt
             try:
-                prompt = (
-                    render_chat(self.tokenizer, row[hp.messages_column], add_generation_prompt=True)
-                    if templated
-                    else row.get(hp.prompt_column)  # None: the row has neither
-                )
+                prompt, templated, stripped = self._prompt_text(row)
+                answered += stripped
             except ValueError as err:
                 raise ValueError(
                     f"{source} row {i}: {err} (column '{hp.messages_column}')"
                 ) from None
-            if hp.prompt_until and isinstance(prompt, str):
-                cut_at = prompt.rfind(hp.prompt_until)
-                prompt = prompt[: cut_at + len(hp.prompt_until)] if cut_at >= 0 else ""
             if not isinstance(prompt, str) or not prompt.strip():
                 dropped += 1
                 continue
-            ids = encode_prompt(self.tokenizer, prompt, templated=templated)
+            try:
+                ids = encode_prompt(self.tokenizer, prompt, templated=templated)
+            except ValueError as err:
+                raise ValueError(f"{source} row {i}: {err}") from None
             if len(ids) > hp.max_prompt_length:
                 if hp.truncation == "drop":
                     dropped += 1
@@ -107,6 +112,13 @@ class PromptDataModule(TextDataModule):
                 # the reward (and the logs) must see the prompt the policy sees, not the full text
                 prompt = self.tokenizer.decode(ids, skip_special_tokens=not templated)
             out.append({"prompt_ids": ids, "prompt": prompt})
+        if answered:
+            log.warning(
+                "%s: %d conversations ended with assistant turns: those were left out of the "
+                "prompts (the policy answers the last non-assistant turn)",
+                source,
+                answered,
+            )
         if dropped or cut:
             log.warning(
                 "%s: %d prompts dropped (empty, not text, or too long), %d truncated",
@@ -115,9 +127,10 @@ class PromptDataModule(TextDataModule):
                 cut,
             )
         # only the train loader batches by batch_size (drop_last); the val split's name can match
-        if len(out) < hp.batch_size and source == f"{hp.train_path} [{hp.train_split}]":
+        batch_size = self.loader.batch_size
+        if len(out) < batch_size and source == self.source.train_name:
             raise ValueError(
-                f"{source}: {len(out)} usable prompts, fewer than one batch ({hp.batch_size})"
+                f"{source}: {len(out)} usable prompts, fewer than one batch ({batch_size})"
             )
         if not out:
             raise ValueError(f"{source}: no usable prompts among {len(ds)} rows")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Any, Literal
 
 from torch.utils.data import DataLoader
 
@@ -57,14 +57,9 @@ class SFTDataModule(TextDataModule):
     """Supervised fine-tuning data: a prompt and the demonstration that should follow it.
 
     Args:
-        train_path: hub dataset name, local directory, or local .jsonl/.json/.parquet/.csv file.
-        val_path: the same for validation; None holds out ``val_fraction`` of the training rows.
-        tokenizer: model directory or hub name whose tokenizer is used (linked by the CLI to
-            ``model.model_name_or_path``).
-        train_split: split of ``train_path`` to read (hub datasets and directories).
-        val_split: split of ``val_path`` to read.
-        subset: hub dataset configuration name.
-        val_fraction: fraction of training rows held out when ``val_path`` is None.
+        train_path: the training rows (a file, directory or hub dataset).
+        val_path: the validation rows; None holds out ``val_fraction`` of the training rows.
+        tokenizer: the model directory or hub name whose tokenizer is used.
         prompt_column: column holding the prompt text.
         completion_column: column holding the demonstration.
         messages_column: column holding a conversation ([{"role", "content"}, ...]); when present
@@ -73,15 +68,13 @@ class SFTDataModule(TextDataModule):
             (``truncation="left"``) or are dropped and counted (``"drop"``).
         truncation: policy for examples longer than ``max_length``.
         completion_only_loss: learn only the completion tokens (False: the prompt too).
-        packing: concatenate examples into full rows of ``max_length`` (no padding).
-        batch_size: examples (packed rows when packing) per step and device.
-        pad_to_multiple_of: pad each batch's width up to a multiple of this (1: to its longest
-            row). On a GPU every new width costs attention a new kernel plan (~90 ms a step on an
-            H200 with a 0.5B model, both fused attention passes): 16 or 64 keeps the widths few.
+        packing: concatenate examples into full rows of ``max_length`` (no padding); before
+            the first packed step the model is probed, and one whose attention ignores
+            ``position_ids`` (OPT, GPT-2) is refused, naming its type.
         num_eval_prompts: validation prompts the module generates for (oracle score, samples).
-        num_workers: DataLoader workers.
-        seed: seed of the held-out split and of shuffling.
-        trust_remote_code: allow the tokenizer's own code from the hub.
+        **kwargs: the options every data module has (:class:`TextDataModule`): ``train_split``,
+            ``val_split``, ``subset``, ``val_fraction``, ``batch_size``, ``pad_to_multiple_of``,
+            ``num_workers``, ``seed``, ``trust_remote_code``.
     """
 
     def __init__(
@@ -89,10 +82,6 @@ class SFTDataModule(TextDataModule):
         train_path: str = "artifacts/task/sft_train.jsonl",
         val_path: str | None = "artifacts/task/sft_val.jsonl",
         tokenizer: str = "artifacts/tiny-base",
-        train_split: str = "train",
-        val_split: str = "train",
-        subset: str | None = None,
-        val_fraction: float = 0.05,
         prompt_column: str = "prompt",
         completion_column: str = "completion",
         messages_column: str = "messages",
@@ -100,19 +89,12 @@ class SFTDataModule(TextDataModule):
         truncation: Literal["left", "drop"] = "left",
         completion_only_loss: bool = True,
         packing: bool = False,
-        batch_size: int = 64,
-        pad_to_multiple_of: int = 1,
         num_eval_prompts: int = 300,
-        num_workers: int = 0,
-        seed: int = 0,
-        trust_remote_code: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
         if max_length < 2:
-            raise ValueError(f"max_length must be at least 2, got {max_length}")
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        self.save_hyperparameters()
+            raise ValueError(f"data.max_length must be at least 2, got {max_length}")
+        super().__init__(train_path, val_path, tokenizer, **kwargs)
 
     def _encode(self, ds, source: str) -> list[dict]:
         hp = self.hparams
@@ -131,8 +113,11 @@ class SFTDataModule(TextDataModule):
             if not isinstance(prompt, str) or not isinstance(completion, str) or not completion:
                 dropped += 1
                 continue
-            p_ids = encode_prompt(self.tokenizer, prompt, templated)
-            c_ids = encode_completion(self.tokenizer, completion)
+            try:
+                p_ids = encode_prompt(self.tokenizer, prompt, templated)
+                c_ids = encode_completion(self.tokenizer, completion)
+            except ValueError as err:
+                raise ValueError(f"{source} row {i}: {err}") from None
             too_long = len(p_ids) + len(c_ids) > hp.max_length
             fitted = (
                 None
@@ -175,16 +160,16 @@ class SFTDataModule(TextDataModule):
         """Two loaders: 0 for loss and token metrics, 1 for generation from held-out prompts."""
         if not self.val_set:
             return []
-        hp = self.hparams
+        batch_size = self.loader.batch_size
         return [
             DataLoader(
                 self.val_set,
-                batch_size=hp.batch_size,
+                batch_size=batch_size,
                 collate_fn=self.collate(collate_lm),
             ),
             DataLoader(
-                self.val_set[: hp.num_eval_prompts],
-                batch_size=max(hp.batch_size, 128),
+                self.val_set[: self.hparams.num_eval_prompts],
+                batch_size=max(batch_size, 128),
                 collate_fn=self.collate(collate_prompts),
             ),
         ]

@@ -39,6 +39,18 @@ def render_chat(
     )
 
 
+def without_final_answers(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The conversation less its trailing assistant turn(s): what an RL prompt may show.
+
+    A conversation taken from SFT or preference data often ends with the answer; rendered as a
+    prompt with the generation prompt, the policy would be asked to answer after the answer.
+    """
+    end = len(messages)
+    while end and messages[end - 1].get("role") == "assistant":
+        end -= 1
+    return messages[:end]
+
+
 def split_conversation(messages: list[dict[str, str]], tokenizer: Any) -> tuple[str, str]:
     """Render a conversation with the tokenizer's chat template (or the plain fallback).
 
@@ -57,20 +69,41 @@ def split_conversation(messages: list[dict[str, str]], tokenizer: Any) -> tuple[
     return prompt, full[len(prompt) :]
 
 
+def check_encoded(tokenizer: Any, text: str, ids: list[int]) -> None:
+    """Refuse a non-blank text encoded to no tokens of its own (BOS and EOS aside).
+
+    A tokenizer whose files do not match its class can encode every text to ``[]``; training on
+    that gives a loss of 0 or an opaque shape error, so it is named here instead.
+    """
+    own = [t for t in ids if t not in (tokenizer.bos_token_id, tokenizer.eos_token_id)]
+    specials = (tokenizer.bos_token, tokenizer.eos_token)  # a text of those alone encodes to them
+    if not own and text.strip() and not any(t and t in text for t in specials):
+        raise ValueError(
+            f"the tokenizer {type(tokenizer).__name__} of '{tokenizer.name_or_path}' encodes the "
+            f"text {text!r:.40} to no tokens: its files do not match its class (check "
+            "tokenizer.json and tokenizer_class in tokenizer_config.json), or give data.tokenizer "
+            "a directory whose tokenizer works"
+        )
+
+
 def encode_prompt(tokenizer: Any, prompt: str, templated: bool = False) -> list[int]:
     """Prompt ids with the tokenizer's leading specials (BOS) and never a trailing EOS.
 
-    A chat-templated prompt already holds its special tokens as text.
+    A chat-templated prompt already holds its special tokens as text. A non-blank prompt that
+    encodes to no tokens is refused (:func:`check_encoded`).
     """
     ids = tokenizer(prompt, add_special_tokens=not templated)["input_ids"]
+    check_encoded(tokenizer, prompt, ids)
     if ids and ids[-1] == tokenizer.eos_token_id and not templated:
         ids = ids[:-1]  # T5-style tokenizers append EOS to every text
     return ids
 
 
 def encode_completion(tokenizer: Any, completion: str) -> list[int]:
-    """Completion ids ending in exactly one EOS, so the model learns to stop."""
+    """Completion ids ending in exactly one EOS, so the model learns to stop; a non-blank
+    completion that encodes to no tokens is refused (:func:`check_encoded`)."""
     ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    check_encoded(tokenizer, completion, ids)
     if not ids or ids[-1] != tokenizer.eos_token_id:
         ids = ids + [tokenizer.eos_token_id]
     return ids

@@ -13,6 +13,7 @@ from lightning_rlhf.losses import bradley_terry_loss
 from lightning_rlhf.models import ModelOptions, load_scalar_model, sequence_scores, token_scalars
 from lightning_rlhf.modules.base import StageModule
 from lightning_rlhf.optim import ScheduleOptions
+from lightning_rlhf.packing import check_packing
 from lightning_rlhf.reward_stats import check_reward_stats
 from lightning_rlhf.rewards import RewardFunction, as_reward
 from lightning_rlhf.types import PreferenceBatch
@@ -87,8 +88,8 @@ class RewardModule(StageModule):
         padding_free: score each batch's sequences packed into rows (best-fit decreasing), so
             padding costs (almost) no compute: faster on variable-length pairs. Each sequence attends
             only to itself through position ids that restart at 0, which transformers honours
-            for its own models with sdpa, eager and flash attention; leave it off for models
-            whose attention ignores position ids.
+            for most of its models with sdpa, eager and flash attention; at the start of fit a
+            probe refuses a model that does not (OPT, GPT-2), naming its type.
         nan_policy: a non-finite loss stops the run ("raise", naming the step) or skips that
             batch with a warning ("skip"; under DDP every rank skips it together).
         max_consecutive_skips: under ``nan_policy: skip``, this many batches skipped in a row
@@ -137,6 +138,14 @@ class RewardModule(StageModule):
         return load_scalar_model(
             self.model_name_or_path, self.model_options, self.tokenizer.pad_token_id
         )
+
+    def on_fit_start(self) -> None:
+        if self.padding_free:  # refuse an architecture under which packed sequences attend across
+            check_packing(
+                self.model,
+                lambda ids, mask, positions: token_scalars(self.model, ids, mask, positions),
+                "model.padding_free",
+            )
 
     def _step(self, batch: PreferenceBatch):
         if self.padding_free:

@@ -15,6 +15,7 @@ from lightning_rlhf.models import ModelOptions
 from lightning_rlhf.modules.base import adamw
 from lightning_rlhf.modules.policy import PolicyModule
 from lightning_rlhf.optim import ScheduleOptions
+from lightning_rlhf.packing import causal_lm_forward, check_packing
 from lightning_rlhf.rewards import RewardFunction
 from lightning_rlhf.rollout import SamplingOptions
 from lightning_rlhf.types import LMBatch
@@ -102,12 +103,17 @@ class SFTModule(PolicyModule):
         self.set_nan_policy(nan_policy, max_consecutive_skips)
         self.val_nll = MeanMetric()
         self.val_token_accuracy = MeanMetric()
+        self._packing_checked = False
 
     def _loss(self, batch: LMBatch):
         logits, targets, _ = completion_logits(self.model, batch)  # (1, N, V), (1, N)
         return completion_nll(logits, targets)
 
     def training_step(self, batch: LMBatch, batch_idx: int) -> torch.Tensor | None:
+        if batch.position_ids is not None and not self._packing_checked:
+            # packed rows (data.packing): refuse an architecture that lets them attend across
+            check_packing(self.model, causal_lm_forward(self.model), "data.packing")
+            self._packing_checked = True
         loss, stats = self._loss(batch)
         if not self.check_loss(loss):
             return None  # Lightning skips the backward pass and the optimizer step

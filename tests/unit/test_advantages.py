@@ -24,6 +24,7 @@ from lightning_rlhf.advantages import (
     masked_var,
     masked_whiten,
     penalized_rewards,
+    zero_spread,
 )
 
 ATOL = 1e-6
@@ -75,6 +76,31 @@ def test_masked_stats_empty_mask_no_nan() -> None:
     assert masked_var(X, mask).item() == 0.0
     assert torch.equal(masked_whiten(X, mask), torch.zeros_like(X))
     assert torch.equal(masked_mean(X, mask, dim=1), torch.zeros(2))
+
+
+def test_masked_stats_ignore_nan_and_inf_at_masked_positions() -> None:
+    # the valid values of X, with NaN, inf and -inf where the mask is 0
+    poisoned = X.clone()
+    poisoned[0, 3], poisoned[1, 1] = float("nan"), float("inf")
+    close(masked_mean(poisoned, M), 27.0 / 6)
+    close(masked_mean(poisoned, M, dim=1), [2.0, 7.0])
+    torch.testing.assert_close(masked_var(poisoned, M), masked_var(X, M))
+    torch.testing.assert_close(masked_whiten(poisoned, M), masked_whiten(X, M))
+    rewards, kl = penalized_rewards(
+        torch.tensor([1.0, 2.0]), poisoned, torch.zeros_like(X), M, beta=0.5
+    )
+    assert torch.isfinite(rewards).all() and torch.isfinite(kl).all()
+    adv, ret = gae(poisoned, poisoned, M, gamma=1.0, lam=1.0)
+    exp_adv, exp_ret = gae(X, X, M, gamma=1.0, lam=1.0)
+    torch.testing.assert_close(adv, exp_adv)
+    torch.testing.assert_close(ret, exp_ret)
+
+
+def test_whiten_of_identical_values_is_exactly_zero() -> None:
+    x = torch.full((2, 4), 12.7)
+    mask = torch.ones(2, 4)
+    assert torch.equal(masked_whiten(x, mask), torch.zeros(2, 4))
+    assert torch.equal(masked_whiten(x, mask, shift_mean=False), x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,6 +267,29 @@ def test_group_advantages_population_std() -> None:
     # groups of 2: (0, 2) has population std 1, (5, 1) has 2
     pairs = torch.tensor([0.0, 2.0, 5.0, 1.0])
     close(group_advantages(pairs, 2, eps=0.5), [-2 / 3, 2 / 3, 0.8, -0.8])
+
+
+def test_identical_scores_have_exactly_zero_advantage() -> None:
+    # float32 12.7 has no exact mean in float32 arithmetic: the residue over std + eps was +0.488
+    for value, g in [(12.7, 8), (0.3, 7), (-3.1e4, 4)]:
+        scores = torch.full((2 * g,), value)
+        assert torch.equal(group_advantages(scores, g), torch.zeros(2 * g))
+        assert torch.equal(group_advantages(scores, g, normalize_std=False), torch.zeros(2 * g))
+        assert torch.equal(leave_one_out_advantages(scores, g), torch.zeros(2 * g))
+    rewards = torch.zeros(8, 3)
+    rewards[:, 2] = 12.7
+    for estimator in (GroupRelative(), LeaveOneOut()):
+        adv, _ = estimator(rewards, torch.zeros(8, 3), torch.ones(8, 3), 8)
+        assert torch.equal(adv, torch.zeros(8, 3))
+
+
+def test_zero_spread_tolerance_is_a_few_ulps() -> None:
+    # float32 eps = 2**-23: 2 * eps * 1e6 = 0.238; a real difference of 1 at 1e6 stays one
+    close(group_advantages(torch.tensor([1e6, 1e6 + 1]), 2), [-0.5 / (0.5 + 1e-6), 0.5 / 0.500001])
+    big = torch.tensor([[1e6, 1e6 + 1]])
+    assert not zero_spread(torch.tensor([[0.5]]), big, dim=1).item()
+    assert zero_spread(torch.tensor([[0.2]]), big, dim=1).item()
+    assert zero_spread(torch.tensor(0.0), torch.zeros(3)).item()
 
 
 def test_leave_one_out_advantages() -> None:

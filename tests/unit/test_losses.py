@@ -115,6 +115,18 @@ def test_entropy_known_values() -> None:
     close(entropy_from_logits(torch.tensor([[[1.0, 0.0]]]).to(torch.bfloat16)), [[h]])
 
 
+def test_entropy_of_top_k_filtered_logits_is_finite() -> None:
+    # top-2 of 4 logits: the rest are -inf, so the row is the two-way distribution sigmoid(1)
+    p = 1 / (1 + math.exp(-1))
+    h = -p * math.log(p) - (1 - p) * math.log(1 - p)
+    inf = float("-inf")
+    logits = torch.tensor([[[1.0, inf, 0.0, inf], [0.0, 0.0, 0.0, 0.0]]], requires_grad=True)
+    out = entropy_from_logits(logits)
+    close(out, [[h, math.log(4)]])
+    out.sum().backward()
+    assert torch.isfinite(logits.grad).all()
+
+
 # ---------------------------------------------------------------------------------------------
 # completion_nll
 # ---------------------------------------------------------------------------------------------

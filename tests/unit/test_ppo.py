@@ -176,6 +176,11 @@ def test_task_oracle_scores_known_prompts():
         TaskOracle()(["hello"], ["x"])
 
 
+def test_task_oracle_on_other_data_names_the_option_to_turn_it_off():
+    with pytest.raises(ValueError, match=r"'Human: hi'.*--model\.oracle null.*model\.reward"):
+        TaskOracle()(["47+38=", "Human: hi"], ["85", "hello"])
+
+
 class _Const(RewardFunction):
     def __init__(self, values):
         self.values, self.device = torch.tensor(values), None
