@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -316,13 +317,18 @@ def export_hf(
     out_dir: str | Path,
     merge_lora: bool = True,
     extra_json: dict[str, dict] | None = None,
+    about: dict | None = None,
 ) -> Path:
     """Save ``model`` + ``tokenizer`` as a Hugging Face directory, atomically.
 
     A LoRA model is merged into its base (``merge_lora``) or saved as an adapter. ``extra_json``
     writes further files (e.g. reward statistics) beside the weights. Weights are safetensors.
+    ``out_dir`` must be absent, empty or an earlier export (``export_target``); the export's
+    marker file records ``about`` (e.g. the stage and its step).
     """
     from peft import PeftModel
+
+    from lightning_rlhf.export_target import check_export_target, write_marker
 
     if isinstance(model, PeftModel) and merge_lora:
         import copy
@@ -330,12 +336,29 @@ def export_hf(
         model = copy.deepcopy(model).merge_and_unload()
     # a PeftModel holding further adapters (PPO's critic) exports its active one: the policy's
     selected = {"selected_adapters": [model.active_adapter]} if isinstance(model, PeftModel) else {}
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True, **selected)
+    with atomic_dir(out_dir, guard=check_export_target) as tmp:
+        _save_weights(model, tmp, selected)
         tokenizer.save_pretrained(tmp)
         for name, payload in (extra_json or {}).items():
             (tmp / name).write_text(json.dumps(payload, indent=2) + "\n")
+        write_marker(tmp, about or {})
     return Path(out_dir)
+
+
+def _save_weights(model: nn.Module, directory: Path, kwargs: dict) -> None:
+    """``save_pretrained`` with safetensors; its I/O errors (a full disk) as the ``OSError`` they
+    are, so that the export's message names the target (safetensors raises its own type)."""
+    import re
+
+    from safetensors import SafetensorError
+
+    try:
+        model.save_pretrained(directory, safe_serialization=True, **kwargs)
+    except SafetensorError as err:
+        code = re.search(r"code: (\d+)", str(err))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1]))) from err
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

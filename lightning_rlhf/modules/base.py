@@ -282,6 +282,12 @@ class StageModule(LightningModule):
     def export(self, out_dir: str | Path) -> Path:
         lora = self.model_options.lora
         merge = lora is None or lora.merge_on_export
+        about = {"stage": type(self).__name__, "global_step": self.global_step}
         return export_hf(
-            self.model, self.tokenizer, out_dir, merge_lora=merge, extra_json=self.export_extras()
+            self.model,
+            self.tokenizer,
+            out_dir,
+            merge_lora=merge,
+            extra_json=self.export_extras(),
+            about=about,
         )
