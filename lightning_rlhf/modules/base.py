@@ -264,7 +264,10 @@ class StageModule(LightningModule):
         return self._optimizers_for([p for p in self.model.parameters() if p.requires_grad])
 
     def _optimizers_for(self, params: list[torch.nn.Parameter]) -> dict:
-        optimizer = self.optimizer_factory(params)
+        try:
+            optimizer = self.optimizer_factory(params)
+        except ValueError as err:  # torch's own checks (a negative lr, betas outside [0, 1))
+            raise ValueError(f"model.optimizer: {err}; correct it in the config") from None
         total = self.total_optimizer_steps()
         return {
             "optimizer": optimizer,
