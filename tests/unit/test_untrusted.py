@@ -17,6 +17,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 
 from lightning_rlhf import HFExport, SFTDataModule
 from lightning_rlhf.export_target import MARKER, acquire_lock, lock_path, release_lock
@@ -177,3 +178,294 @@ def test_the_export_lock_admits_one_holder(tmp_path):
         [sys.executable, "-c", code, str(tmp_path / "sft")], capture_output=True, text=True, env=env
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------- 1. checkpoints
+REMOTE_CODE = """
+from pathlib import Path
+Path({marker!r}).write_text("remote code ran")
+from transformers import LlamaConfig, LlamaForCausalLM
+class EvilConfig(LlamaConfig):
+    pass
+class EvilModel(LlamaForCausalLM):
+    config_class = EvilConfig
+"""
+
+
+def model_with_code(tiny_model_dir, d: Path, marker: Path) -> Path:
+    """A copy of the tiny model whose config maps the auto classes to its own ``.py``: loading it
+    with ``trust_remote_code=True`` runs that file (it writes ``marker``)."""
+    import shutil
+
+    shutil.copytree(tiny_model_dir, d)
+    config = json.loads((d / "config.json").read_text())
+    config["auto_map"] = {
+        "AutoConfig": "remote_code.EvilConfig",
+        "AutoModelForCausalLM": "remote_code.EvilModel",
+    }
+    (d / "config.json").write_text(json.dumps(config))
+    (d / "remote_code.py").write_text(REMOTE_CODE.format(marker=str(marker)))
+    return d
+
+
+def plain_checkpoint(path: Path, **hparams) -> Path:
+    """A checkpoint of plain dicts (it loads with ``weights_only=True``) with ``hparams``."""
+    torch.save({"state_dict": {}, "global_step": 0, "hyper_parameters": hparams}, path)
+    torch.load(path, weights_only=True)
+    return path
+
+
+def fit_sft_cli(tmp_path, task_dir, *args) -> str:
+    """``main(["fit", "--config", configs/sft.yaml, ...])`` in this process; its error line."""
+    from lightning_rlhf.cli import main
+
+    config = Path(__file__).resolve().parents[2] / "configs/sft.yaml"
+    try:
+        main(["fit", "--config", str(config), "--data.train_path", str(task_dir / "sft_train.jsonl"),
+              "--data.val_path", "null", "--trainer.logger", "false", "--trainer.max_steps", "1",
+              "--trainer.enable_progress_bar", "false", *args])  # fmt: skip
+    except SystemExit as exit_:
+        return str(exit_.code)
+    except Exception as err:  # a traceback, not the one-line error the tests expect
+        return repr(err)
+    return "exit 0"
+
+
+def test_a_checkpoint_cannot_turn_on_remote_code(tiny_model_dir, task_dir, tmp_path, monkeypatch):
+    """Checkpoint's `trust_remote_code: true` over the config's `false` -> refused naming both; no code"""
+    from transformers import AutoConfig
+
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "pwned"
+    d = model_with_code(tiny_model_dir, tmp_path / "downloaded", marker)
+    options = {"dtype": "auto", "attn_implementation": "sdpa", "gradient_checkpointing": False,
+               "trust_remote_code": True, "lora": None, "extra": {}}  # fmt: skip
+    ckpt = plain_checkpoint(tmp_path / "shared.ckpt", _class_path="lightning_rlhf.SFTModule",
+                            model_name_or_path=str(d), model=options)  # fmt: skip
+    error = fit_sft_cli(tmp_path, task_dir, "--model.model_name_or_path", str(d),
+                        "--model.model.trust_remote_code", "false", "--ckpt_path", str(ckpt))  # fmt: skip
+    assert not marker.exists(), error
+    assert error.startswith("error: ValueError: --ckpt_path")
+    assert "model.model.trust_remote_code: True in the checkpoint, False in the config" in error
+    AutoConfig.from_pretrained(d, trust_remote_code=True)  # the payload is real: trusted, it runs
+    assert marker.read_text() == "remote code ran"
+
+
+def test_a_checkpoint_cannot_swap_the_module_or_the_weights(
+    tiny_model_dir, task_dir, tmp_path, monkeypatch
+):
+    """PPO checkpoint to the SFT config, or another model path -> refused naming both values"""
+    monkeypatch.chdir(tmp_path)
+    ppo = plain_checkpoint(tmp_path / "ppo.ckpt", _class_path="lightning_rlhf.PPOModule",
+                           model_name_or_path=tiny_model_dir)  # fmt: skip
+    error = fit_sft_cli(
+        tmp_path, task_dir, "--model.model_name_or_path", tiny_model_dir, "--ckpt_path", str(ppo)
+    )
+    assert (
+        "model.class_path: 'lightning_rlhf.PPOModule' in the checkpoint, "
+        "'lightning_rlhf.SFTModule' in the config" in error
+    )
+    elsewhere = plain_checkpoint(tmp_path / "sft.ckpt", _class_path="lightning_rlhf.SFTModule",
+                                 model_name_or_path="/elsewhere/model")  # fmt: skip
+    error = fit_sft_cli(
+        tmp_path,
+        task_dir,
+        "--model.model_name_or_path",
+        tiny_model_dir,
+        "--ckpt_path",
+        str(elsewhere),
+    )
+    assert (
+        f"model.model_name_or_path: '/elsewhere/model' in the checkpoint, '{tiny_model_dir}' in the config"
+        in error
+    )
+
+
+def test_checkpoint_hyperparameters_are_compared_at_any_depth():
+    """Checkpoint's nested class_path, `*_name_or_path`, `model.extra` unlike the config -> each named"""
+    from lightning_rlhf.cli import ckpt_overrides
+
+    config = {"class_path": "lightning_rlhf.PPOModule", "init_args": {
+        "model_name_or_path": "a", "reward": {"class_path": "lightning_rlhf.TaskOracle"},
+        "model": {"trust_remote_code": False, "extra": {}}, "ppo": {"epochs": 2}}}  # fmt: skip
+    same = {"_class_path": "lightning_rlhf.PPOModule", "model_name_or_path": "a", "ppo": {"epochs": 4},
+            "model": {"trust_remote_code": False, "extra": {}}}  # fmt: skip
+    assert ckpt_overrides(same, config) == []  # other hyperparameters are the checkpoint's to give
+    hostile = {**same, "reward": {"class_path": "evil.Reward"}, "critic_name_or_path": "b",
+               "model": {"trust_remote_code": False, "extra": {"subfolder": "x"}}}  # fmt: skip
+    assert sorted(ckpt_overrides(hostile, config)) == [
+        "model.critic_name_or_path: 'b' in the checkpoint, '(absent)' in the config",
+        "model.model.extra: {'subfolder': 'x'} in the checkpoint, {} in the config",
+        "model.reward.class_path: 'evil.Reward' in the checkpoint, 'lightning_rlhf.TaskOracle' in the config",
+    ]
+
+
+# ------------------------------------------------------------------------------- 3. pickles
+class Payload:
+    """Unpickling this creates ``marker``: proof that a pickle ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def test_a_lora_adapter_of_pickled_weights_is_refused(tiny_model_dir, tmp_path):
+    """LoRA adapter directory with a pickled `adapter_model.bin` -> refused like other pickles; never run"""
+    from lightning_rlhf.models import LoraOptions, ModelOptions
+
+    lora = load_causal_lm(tiny_model_dir, ModelOptions(lora=LoraOptions(r=2)))
+    adapter = export_hf(
+        lora, load_tokenizer(tiny_model_dir), tmp_path / "adapter", merge_lora=False
+    )
+    (adapter / "adapter_model.safetensors").unlink()
+    marker = tmp_path / "pwned"
+    torch.save({"base_model.model.lm_head.weight": Payload(marker)}, adapter / "adapter_model.bin")
+    with pytest.raises(
+        ValueError, match=r"adapter' holds only pickled weights .* can execute code"
+    ):
+        load_causal_lm(str(adapter))
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------- errors
+def truncate(d: Path) -> None:
+    weights = d / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+
+
+CASES = [
+    ("truncated", "a truncated model.safetensors", "refused, naming the file and its sizes"),
+    ("no_config", "a model directory without config.json", "names the directory and what it holds"),
+    ("corrupt_config", "a config.json that is not JSON", "names the file and the JSON error"),
+    (
+        "no_tokenizer",
+        "a directory without tokenizer files",
+        "names the directory and what it lacks",
+    ),
+]
+BREAK = {  # case: (damage, loader, message)
+    "truncated": (
+        truncate,
+        load_causal_lm,
+        r"model.safetensors is truncated or damaged \(\d+ bytes, its header describes \d+\)",
+    ),
+    "no_config": (
+        lambda d: (d / "config.json").unlink(),
+        load_causal_lm,
+        r"is not a model directory: it has no config.json \(it holds .*added_tokens.json",
+    ),
+    "corrupt_config": (
+        lambda d: (d / "config.json").write_text('{"model_type": '),
+        load_tokenizer,
+        r"config.json is not valid JSON \(Expecting value: line 1 column 16",
+    ),
+    "no_tokenizer": (
+        lambda d: (d / "tokenizer_config.json").unlink(),
+        load_tokenizer,
+        r"could not be loaded as a model directory .*: no tokenizer files",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", [c[0] for c in CASES])
+def test_a_damaged_model_directory_is_named(case, tiny_model_dir, tmp_path):
+    import shutil
+
+    d = Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+    damage, load, message = BREAK[case]
+    damage(d)
+    with pytest.raises((ValueError, FileNotFoundError), match=message) as err:
+        load(str(d))
+    assert "init-model" not in str(err.value)  # it would overwrite the directory
+
+
+def test_model_extra_with_an_unknown_or_reserved_key_is_named(tiny_model_dir):
+    """`model.model.extra` with an unknown key, or one of our own options -> ValueError naming the key"""
+    from lightning_rlhf.models import ModelOptions
+
+    with pytest.raises(
+        ValueError, match=r"extra: 'bogus_key' is not an argument of from_pretrained"
+    ):
+        load_causal_lm(tiny_model_dir, ModelOptions(extra={"bogus_key": 1}))
+    with pytest.raises(
+        ValueError, match=r"may not set trust_remote_code: set model.model.trust_remote_code"
+    ):
+        load_causal_lm(tiny_model_dir, ModelOptions(extra={"trust_remote_code": True}))
+
+
+def test_a_negative_learning_rate_is_one_line(tiny_model_dir, task_dir, tmp_path, monkeypatch):
+    """A negative `model.optimizer.init_args.lr` -> one line naming the option and the value"""
+    monkeypatch.chdir(tmp_path)
+    error = fit_sft_cli(tmp_path, task_dir, "--model.model_name_or_path", tiny_model_dir,
+                        "--model.optimizer.init_args.lr", "-0.1")  # fmt: skip
+    assert error.startswith("error: ValueError: model.optimizer: Invalid learning rate: -0.1"), (
+        error
+    )
+
+
+def test_a_read_only_logger_directory_is_one_line(tiny_model_dir, task_dir, tmp_path, monkeypatch):
+    """A read-only `trainer.logger` save_dir -> one line naming it, before the first step"""
+    import errno
+
+    monkeypatch.chdir(tmp_path)
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):  # root ignores permission bits: the kernel's answer
+        if Path(path).absolute().is_relative_to(read_only):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    error = fit_sft_cli(tmp_path, task_dir, "--model.model_name_or_path", tiny_model_dir,
+                        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+                        "--trainer.logger.save_dir", str(read_only / "logs"))  # fmt: skip
+    assert error.startswith(
+        f"error: PermissionError: [Errno 13] trainer.logger (CSVLogger) save_dir {read_only / 'logs'} "
+        "is not writable"
+    ), error
+
+
+def test_evaluate_on_a_missing_directory_is_one_line(task_dir, tmp_path):
+    """`evaluate` on a directory that does not exist -> one line naming it (was a traceback)"""
+    from lightning_rlhf.cli import main
+
+    prompts = str(task_dir / "prompts_val.jsonl")
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", str(tmp_path / "nope"), "--prompts", prompts])
+    assert str(exit_.value.code).startswith(
+        f"error: FileNotFoundError: model '{tmp_path / 'nope'}'"
+    )
+
+
+EXPORT_WITH_A_FILE_SIZE_LIMIT = """
+import resource, signal, sys
+from lightning_rlhf.models import export_hf, load_causal_lm, load_tokenizer
+model, tokenizer = load_causal_lm(sys.argv[1]), load_tokenizer(sys.argv[1])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    export_hf(model, tokenizer, sys.argv[2])
+except Exception as err:
+    print(type(err).__name__, getattr(err, "errno", None), err)
+"""
+
+
+def test_a_full_disk_during_the_weights_write_is_an_oserror_naming_the_target(model, tmp_path):
+    """Disk full while safetensors writes the weights -> OSError naming the target, export kept"""
+    import errno
+
+    target = export_hf(*model, tmp_path / "sft")
+    before = snapshot(target)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.run([sys.executable, "-c", EXPORT_WITH_A_FILE_SIZE_LIMIT, str(target), str(target)],
+                          capture_output=True, text=True, env=env)  # fmt: skip
+    assert proc.stdout.startswith(
+        f"OSError {errno.EFBIG} [Errno {errno.EFBIG}] could not write directory {target}: "
+    ), proc.stdout + proc.stderr[-2000:]
+    assert "is unchanged" in proc.stdout
+    assert snapshot(target) == before and sorted(p.name for p in tmp_path.iterdir()) == ["sft"]
