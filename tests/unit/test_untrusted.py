@@ -300,6 +300,33 @@ def test_checkpoint_hyperparameters_are_compared_at_any_depth():
     ]
 
 
+# ------------------------------------------------------------------------------- 2. class_path
+# calls that import or instantiate what a string names; where the package may make them
+RESOLVERS = (
+    r"(import_module|__import__|locate|import_object|get_class_from_dynamic_module|"
+    r"load_from_checkpoint|parse_object|parse_string|parse_path|instantiate_module|yaml\.load)$"
+)
+ALLOWED = {
+    ("__init__.py", "importlib.import_module"),  # the lazy-export table: fixed module names
+    ("cli.py", "self.parser.parse_object"),  # a checkpoint's hparams, after ckpt_overrides
+}
+
+
+def test_no_class_path_is_resolved_from_a_data_file():
+    """Package source: code that imports what a string names -> only the config's (CLI) and a fixed table"""
+    import ast
+    import re
+
+    import lightning_rlhf
+
+    found = set()
+    for path in sorted(Path(lightning_rlhf.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and re.search(RESOLVERS, ast.unparse(node.func)):
+                found.add((path.name, ast.unparse(node.func)))
+    assert found == ALLOWED
+
+
 # ------------------------------------------------------------------------------- 3. pickles
 class Payload:
     """Unpickling this creates ``marker``: proof that a pickle ran."""
@@ -336,12 +363,16 @@ def truncate(d: Path) -> None:
 
 
 CASES = [
-    ("truncated", "a truncated model.safetensors", "refused, naming the file and its sizes"),
-    ("no_config", "a model directory without config.json", "names the directory and what it holds"),
-    ("corrupt_config", "a config.json that is not JSON", "names the file and the JSON error"),
+    ("truncated", "A truncated `model.safetensors`", "refused, naming the file and its sizes"),
+    (
+        "no_config",
+        "A model directory without `config.json`",
+        "names the directory and what it holds",
+    ),
+    ("corrupt_config", "A `config.json` that is not JSON", "names the file and the JSON error"),
     (
         "no_tokenizer",
-        "a directory without tokenizer files",
+        "A model directory without tokenizer files",
         "names the directory and what it lacks",
     ),
 ]
