@@ -15,36 +15,25 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
+from untrusted_files import (
+    EXPORT_WITH_A_FILE_SIZE_LIMIT,
+    Payload,
+    fit_sft_cli,
+    model_with_code,
+    plain_checkpoint,
+    sft_fit,
+    snapshot,
+    truncate,
+    user_dir,
+)
 
-from lightning_rlhf import HFExport, SFTDataModule
+from lightning_rlhf import HFExport
 from lightning_rlhf.export_target import MARKER, acquire_lock, lock_path, release_lock
 from lightning_rlhf.models import export_hf, load_causal_lm, load_tokenizer
-from lightning_rlhf.modules.sft import SFTModule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def snapshot(directory: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()
-    }
-
-
-def sft_fit(model_dir, task_dir, tmp_path, callbacks, max_steps=1) -> L.Trainer:
-    trainer = L.Trainer(
-        accelerator="cpu", max_steps=max_steps, logger=False, enable_progress_bar=False,
-        enable_checkpointing=False, enable_model_summary=False, callbacks=callbacks,
-        default_root_dir=tmp_path,
-    )  # fmt: skip
-    data = SFTDataModule(
-        str(task_dir / "sft_train.jsonl"), None, model_dir, val_fraction=0.0, batch_size=8,
-        max_length=32,
-    )  # fmt: skip
-    trainer.fit(SFTModule(model_dir), data)
-    return trainer
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +42,6 @@ def model(tiny_model_dir):
 
 
 # ------------------------------------------------------------------------------- 4. targets
-def user_dir(path: Path) -> Path:
-    (path / "sub").mkdir(parents=True)
-    (path / "notes.txt").write_text("mine")
-    (path / "sub" / "data.csv").write_text("a,b\n")
-    return path
-
-
 def test_export_into_a_directory_of_user_files_is_refused(
     model, tiny_model_dir, task_dir, tmp_path
 ):
@@ -181,56 +163,6 @@ def test_the_export_lock_admits_one_holder(tmp_path):
 
 
 # ------------------------------------------------------------------------------- 1. checkpoints
-REMOTE_CODE = """
-from pathlib import Path
-Path({marker!r}).write_text("remote code ran")
-from transformers import LlamaConfig, LlamaForCausalLM
-class EvilConfig(LlamaConfig):
-    pass
-class EvilModel(LlamaForCausalLM):
-    config_class = EvilConfig
-"""
-
-
-def model_with_code(tiny_model_dir, d: Path, marker: Path) -> Path:
-    """A copy of the tiny model whose config maps the auto classes to its own ``.py``: loading it
-    with ``trust_remote_code=True`` runs that file (it writes ``marker``)."""
-    import shutil
-
-    shutil.copytree(tiny_model_dir, d)
-    config = json.loads((d / "config.json").read_text())
-    config["auto_map"] = {
-        "AutoConfig": "remote_code.EvilConfig",
-        "AutoModelForCausalLM": "remote_code.EvilModel",
-    }
-    (d / "config.json").write_text(json.dumps(config))
-    (d / "remote_code.py").write_text(REMOTE_CODE.format(marker=str(marker)))
-    return d
-
-
-def plain_checkpoint(path: Path, **hparams) -> Path:
-    """A checkpoint of plain dicts (it loads with ``weights_only=True``) with ``hparams``."""
-    torch.save({"state_dict": {}, "global_step": 0, "hyper_parameters": hparams}, path)
-    torch.load(path, weights_only=True)
-    return path
-
-
-def fit_sft_cli(tmp_path, task_dir, *args) -> str:
-    """``main(["fit", "--config", configs/sft.yaml, ...])`` in this process; its error line."""
-    from lightning_rlhf.cli import main
-
-    config = Path(__file__).resolve().parents[2] / "configs/sft.yaml"
-    try:
-        main(["fit", "--config", str(config), "--data.train_path", str(task_dir / "sft_train.jsonl"),
-              "--data.val_path", "null", "--trainer.logger", "false", "--trainer.max_steps", "1",
-              "--trainer.enable_progress_bar", "false", *args])  # fmt: skip
-    except SystemExit as exit_:
-        return str(exit_.code)
-    except Exception as err:  # a traceback, not the one-line error the tests expect
-        return repr(err)
-    return "exit 0"
-
-
 def test_a_checkpoint_cannot_turn_on_remote_code(tiny_model_dir, task_dir, tmp_path, monkeypatch):
     """Checkpoint's `trust_remote_code: true` over the config's `false` -> refused naming both; no code"""
     from transformers import AutoConfig
@@ -328,16 +260,6 @@ def test_no_class_path_is_resolved_from_a_data_file():
 
 
 # ------------------------------------------------------------------------------- 3. pickles
-class Payload:
-    """Unpickling this creates ``marker``: proof that a pickle ran."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return Path.touch, (self.marker,)
-
-
 def test_a_lora_adapter_of_pickled_weights_is_refused(tiny_model_dir, tmp_path):
     """LoRA adapter directory with a pickled `adapter_model.bin` -> refused like other pickles; never run"""
     from lightning_rlhf.models import LoraOptions, ModelOptions
@@ -357,11 +279,6 @@ def test_a_lora_adapter_of_pickled_weights_is_refused(tiny_model_dir, tmp_path):
 
 
 # ------------------------------------------------------------------------------- errors
-def truncate(d: Path) -> None:
-    weights = d / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:-1000])
-
-
 CASES = [
     ("truncated", "A truncated `model.safetensors`", "refused, naming the file and its sizes"),
     (
@@ -471,19 +388,6 @@ def test_evaluate_on_a_missing_directory_is_one_line(task_dir, tmp_path):
     assert str(exit_.value.code).startswith(
         f"error: FileNotFoundError: model '{tmp_path / 'nope'}'"
     )
-
-
-EXPORT_WITH_A_FILE_SIZE_LIMIT = """
-import resource, signal, sys
-from lightning_rlhf.models import export_hf, load_causal_lm, load_tokenizer
-model, tokenizer = load_causal_lm(sys.argv[1]), load_tokenizer(sys.argv[1])
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
-resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-try:
-    export_hf(model, tokenizer, sys.argv[2])
-except Exception as err:
-    print(type(err).__name__, getattr(err, "errno", None), err)
-"""
 
 
 def test_a_full_disk_during_the_weights_write_is_an_oserror_naming_the_target(model, tmp_path):
