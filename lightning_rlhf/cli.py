@@ -56,12 +56,59 @@ class RLHFCLI(LightningCLI):
         # one value, two consumers: the data is tokenised with the tokenizer of the model it trains
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer")
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's merge of a ``--ckpt_path`` checkpoint's hyperparameters over the parsed
+        config (the config a run is resumed with), refusing a checkpoint whose hyperparameters
+        would change which code runs or where the weights come from (:func:`ckpt_overrides`):
+        those are the config's to say, and what ``--print_config`` shows is what runs."""
+        import torch
+
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+        hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else None
+        if not isinstance(hparams, dict):
+            raise ValueError(f"--ckpt_path {ckpt_path} is not a Lightning checkpoint")
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        config = self.config[subcommand].get("model")
+        config = config.as_dict() if hasattr(config, "as_dict") else {}
+        differ = ckpt_overrides(hparams, config)
+        if differ:
+            raise ValueError(
+                f"--ckpt_path {ckpt_path} was saved with other settings than the config's for "
+                f"what code runs and where weights come from: {'; '.join(differ)}. A checkpoint "
+                "may not change these (its file could come from anyone): give the config the "
+                "checkpoint's values if you trust them, or resume with a checkpoint of this config"
+            )
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
+
     def _load_checkpoints_safely(self) -> None:
         # --ckpt_path is unpickled with weights_only=True (nothing in it can run code) whatever
         # the torch version's default; `--weights_only false` is the explicit way out
         arguments = self.config_init[self.subcommand]
         if arguments.get("weights_only") is None:
             arguments["weights_only"] = True
+        self._check_logger_dirs()
+
+    def _check_logger_dirs(self) -> None:
+        # Lightning creates the loggers' directories before any setup hook: a read-only one
+        # would be its traceback, not a line naming the directory
+        from lightning_rlhf.io import check_writable
+
+        for logger in self.trainer.loggers:
+            save_dir = getattr(logger, "save_dir", None)
+            if save_dir:
+                check_writable(save_dir, f"trainer.logger ({type(logger).__name__}) save_dir")
 
     before_fit = before_validate = before_test = before_predict = _load_checkpoints_safely
 
@@ -70,6 +117,57 @@ class RLHFCLI(LightningCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's own plugin
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
+
+
+def _protected(key: str) -> bool:
+    """Hyperparameters that choose code (a class, remote code) or weights (a model path, extra
+    ``from_pretrained`` arguments such as a revision or subfolder)."""
+    return key in {"class_path", "_class_path", "trust_remote_code", "extra"} or key.endswith(
+        "name_or_path"
+    )
+
+
+def _same(saved: Any, config: Any) -> bool:
+    if saved == config:
+        return True
+    paths = isinstance(saved, str) and isinstance(config, str)
+    return paths and Path(saved).expanduser().resolve() == Path(config).expanduser().resolve()
+
+
+def ckpt_overrides(hparams: dict, config: dict) -> list[str]:
+    """``"<key>: <checkpoint's value> in the checkpoint, <config's> in the config"`` for each
+    protected hyperparameter (:func:`_protected`, at any depth) of a checkpoint's
+    ``hyper_parameters`` that differs from the parsed config's ``model`` (or that the config
+    lacks). ``hparams`` is a module's flat form (``_class_path`` + its arguments)."""
+    saved = {"init_args": {k: v for k, v in hparams.items() if k != "_class_path"}}
+    if "_class_path" in hparams:
+        saved["class_path"] = hparams["_class_path"]
+    return _differences(saved, config, "model")
+
+
+_ABSENT = "(absent)"
+
+
+def _differences(saved: Any, config: Any, where: str) -> list[str]:
+    if isinstance(saved, list):
+        config = config if isinstance(config, list) and len(config) == len(saved) else []
+        pairs = [(f"{where}[{i}]", s, config[i] if config else {}) for i, s in enumerate(saved)]
+    elif isinstance(saved, dict):
+        config = config if isinstance(config, dict) else {}
+        pairs = [
+            (where if k == "init_args" else f"{where}.{k}", v, config.get(k, _ABSENT))
+            for k, v in saved.items()
+        ]
+    else:
+        return []
+    found = []
+    for here, value, mine in pairs:
+        key = here.rsplit(".", 1)[-1]
+        if _protected(key) and not _same(value, mine):
+            found.append(f"{here}: {value!r} in the checkpoint, {mine!r} in the config")
+        elif not _protected(key):
+            found += _differences(value, mine, here)
+    return found
 
 
 def user_error(err: BaseException) -> BaseException | None:
@@ -144,10 +242,10 @@ TOOLS["label"] = _label
 
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else args
-    if argv and argv[0] in TOOLS:
-        TOOLS[argv[0]](argv[1:])
-        return
     try:
+        if argv and argv[0] in TOOLS:
+            TOOLS[argv[0]](argv[1:])
+            return
         RLHFCLI(
             LightningModule,
             LightningDataModule,

@@ -12,7 +12,7 @@ import errno
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -48,14 +48,18 @@ def _recover(path: Path) -> None:
 
 
 @contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
+def atomic_dir(path: str | Path, guard: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces ``path`` in one step.
 
     On error the temporary directory is removed and an existing ``path`` is left untouched; an
     ``OSError`` (disk full, read-only directory) is raised again naming ``path``. Leftovers of a
     save that was killed are cleaned up first. Only one process may write a given ``path``.
+    ``guard(path)`` raises if what is at ``path`` may not be replaced; it is called before
+    anything is written and again just before the swap (whatever is there is deleted then).
     """
     path = Path(path).absolute()
+    if guard is not None:
+        guard(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _recover(path)
@@ -64,6 +68,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise _failed(path, err, "directory") from err
     try:
         yield tmp
+        if guard is not None:
+            guard(path)
         if not path.exists():
             tmp.rename(path)
         elif _exchange(tmp, path):

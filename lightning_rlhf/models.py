@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +18,13 @@ import torch
 from torch import nn
 
 from lightning_rlhf.io import atomic_dir
+from lightning_rlhf.model_files import (
+    check_extra,
+    check_model_dir,
+    check_path,
+    has_safetensors,
+    unreadable,
+)
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
@@ -69,22 +77,6 @@ class ModelOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _check_path(name_or_path: str) -> None:
-    """Fail early, naming the path, when a local-looking path does not exist."""
-    path = Path(name_or_path).expanduser()
-    local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
-    if (local or path.parent.is_dir() and str(path.parent) != ".") and not path.is_dir():
-        raise FileNotFoundError(_missing(name_or_path))
-
-
-def _missing(name_or_path: str) -> str:
-    return (
-        f"model '{name_or_path}' is neither a local directory nor a hub model that could be "
-        f"loaded. For the embedded default run `python -m lightning_rlhf init-model {name_or_path}`"
-        "; for a hub model give its name (e.g. Qwen/Qwen2.5-0.5B) on a machine that can reach it."
-    )
-
-
 def check_same_tokenizer(policy: str, other: str, role: str, trust_remote_code: bool = False):
     """Refuse a model that reads the policy's token ids but was trained with another tokenizer.
 
@@ -116,11 +108,21 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, padding_s
     """The tokenizer saved beside a model, with a pad token guaranteed (EOS when it has none)."""
     from transformers import AutoTokenizer
 
-    _check_path(name_or_path)
+    directory = check_path(name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except OSError as err:
-        raise FileNotFoundError(_missing(name_or_path)) from err
+        raise FileNotFoundError(unreadable(name_or_path, err)) from err
+    except ValueError as err:  # a directory without tokenizer files: the library's guesswork
+        if directory is None:
+            raise
+        files = ("tokenizer_config.json", "tokenizer.json")
+        reason = (
+            err
+            if any((directory / f).is_file() for f in files)
+            else FileNotFoundError("no tokenizer files (tokenizer_config.json, tokenizer.json)")
+        )
+        raise FileNotFoundError(unreadable(name_or_path, reason)) from None
     if tok.eos_token_id is None:
         raise ValueError(
             f"tokenizer of '{name_or_path}' has no EOS token; set one (tokenizer.eos_token) "
@@ -133,7 +135,10 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, padding_s
 
 
 def _from_pretrained(auto_cls, name_or_path: str, options: ModelOptions, **kwargs):
-    _check_path(name_or_path)
+    directory = check_path(name_or_path)
+    if directory is not None:
+        check_model_dir(directory)
+    check_extra(options.extra)
     kwargs = {**options.extra, **kwargs}
     if options.attn_implementation:
         kwargs["attn_implementation"] = options.attn_implementation
@@ -143,12 +148,20 @@ def _from_pretrained(auto_cls, name_or_path: str, options: ModelOptions, **kwarg
             name_or_path,
             dtype=dtype,
             trust_remote_code=options.trust_remote_code,
-            use_safetensors=_has_safetensors(name_or_path),
+            use_safetensors=has_safetensors(name_or_path),
             output_loading_info=True,
             **kwargs,
         )
     except OSError as err:
-        raise FileNotFoundError(_missing(name_or_path)) from err
+        raise FileNotFoundError(unreadable(name_or_path, err)) from err
+    except TypeError as err:  # an ``extra`` key neither from_pretrained nor the model takes
+        unknown = [k for k in options.extra if f"'{k}'" in str(err)]
+        if not unknown:
+            raise
+        raise ValueError(
+            f"model.model.extra: {unknown[0]!r} is not an argument of from_pretrained nor of "
+            f"the model of '{name_or_path}' ({err}); remove it or correct its name"
+        ) from None
     except ValueError as err:
         if "Unrecognized configuration class" not in str(err):
             raise
@@ -189,21 +202,6 @@ def _saved_as_scalar_model(model: nn.Module) -> bool:
     """Whether the checkpoint was saved with a sequence-classification (reward or value) head."""
     saved = getattr(model.config, "architectures", None) or []
     return bool(saved) and all(a.endswith("ForSequenceClassification") for a in saved)
-
-
-def _has_safetensors(name_or_path: str) -> bool | None:
-    """Local directories must hold safetensors (a pickle can run code); hub repos are asked for them."""
-    path = Path(name_or_path).expanduser()
-    if not path.is_dir():
-        return True
-    if any(path.glob("*.safetensors")) or (path / "adapter_config.json").exists():
-        return True
-    if any(path.glob("*.bin")) or any(path.glob("*.pt")):
-        raise ValueError(
-            f"'{name_or_path}' holds only pickled weights (*.bin/*.pt), which can execute code when "
-            "loaded; convert them to safetensors first"
-        )
-    return True
 
 
 def lora_config(lora: LoraOptions, task_type: str, modules_to_save=None):
@@ -323,6 +321,7 @@ def export_hf(
     out_dir: str | Path,
     merge_lora: bool = True,
     extra_json: dict[str, dict] | None = None,
+    about: dict | None = None,
 ) -> Path:
     """Save ``model`` + ``tokenizer`` as a Hugging Face directory, atomically.
 
@@ -331,11 +330,14 @@ def export_hf(
     So that plain transformers reads the export as the stages did (``portable.py``), the
     tokenizer carries the chat template prompts were rendered with, and a scalar model whose
     pad token is its EOS gets a pad token of its own (not for an adapter, saved without its base).
+    ``out_dir`` must be absent, empty or an earlier export (``export_target``); the export's
+    marker file records ``about`` (e.g. the stage and its step).
     """
     import copy
 
     from peft import PeftModel
 
+    from lightning_rlhf.export_target import check_export_target, write_marker
     from lightning_rlhf.portable import with_chat_template, with_distinct_pad
 
     copied = False
@@ -346,12 +348,30 @@ def export_hf(
         model, tokenizer = with_distinct_pad(model, tokenizer, copied)
     # a PeftModel holding further adapters (PPO's critic) exports its active one: the policy's
     selected = {"selected_adapters": [model.active_adapter]} if isinstance(model, PeftModel) else {}
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True, **selected)
+    with atomic_dir(out_dir, guard=check_export_target) as tmp:
+        _save_weights(model, tmp, selected)
         tokenizer.save_pretrained(tmp)
         for name, payload in (extra_json or {}).items():
             (tmp / name).write_text(json.dumps(payload, indent=2) + "\n")
+        write_marker(tmp, about or {})
     return Path(out_dir)
+
+
+def _save_weights(model: nn.Module, directory: Path, kwargs: dict) -> None:
+    """``save_pretrained`` with safetensors; its I/O errors (a full disk) as the ``OSError`` they
+    are, so that the export's message names the target (safetensors raises its own type)."""
+    import re
+
+    from safetensors import SafetensorError
+
+    try:
+        model.save_pretrained(directory, safe_serialization=True, **kwargs)
+    except SafetensorError as err:
+        code = re.search(r"os error (\d+)|code: (\d+)", str(err))  # "File too large (os error 27)"
+        if code is None:
+            raise
+        number = int(code[1] or code[2])
+        raise OSError(number, os.strerror(number)) from err
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

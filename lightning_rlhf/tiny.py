@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from lightning_rlhf.export_target import check_export_target, write_marker
 from lightning_rlhf.io import atomic_dir
 
 
@@ -44,7 +45,8 @@ def init_tiny_model(
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, guard=check_export_target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        write_marker(tmp, {"stage": "init-model", "seed": seed})
     return Path(out_dir)

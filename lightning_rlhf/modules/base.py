@@ -344,7 +344,10 @@ class StageModule(LightningModule):
         return self._optimizers_for([p for p in self.model.parameters() if p.requires_grad])
 
     def _optimizers_for(self, params: list[torch.nn.Parameter]) -> dict:
-        optimizer = self.optimizer_factory(params)
+        try:
+            optimizer = self.optimizer_factory(params)
+        except ValueError as err:  # torch's own checks (a negative lr, betas outside [0, 1))
+            raise ValueError(f"model.optimizer: {err}; correct it in the config") from None
         total = self.total_optimizer_steps()
         return {
             "optimizer": optimizer,
@@ -363,6 +366,12 @@ class StageModule(LightningModule):
         self.check_weights(f"{out_dir} not exported", distributed=False)  # rank zero alone
         lora = self.model_options.lora
         merge = lora is None or lora.merge_on_export
+        about = {"stage": type(self).__name__, "global_step": self.global_step}
         return export_hf(
-            self.model, self.tokenizer, out_dir, merge_lora=merge, extra_json=self.export_extras()
+            self.model,
+            self.tokenizer,
+            out_dir,
+            merge_lora=merge,
+            extra_json=self.export_extras(),
+            about=about,
         )
