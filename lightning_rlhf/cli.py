@@ -3,7 +3,8 @@
 python -m lightning_rlhf fit --config configs/sft.yaml      # any stage, any Trainer option
 python -m lightning_rlhf init-model artifacts/tiny-base     # the embedded default model
 python -m lightning_rlhf make-data artifacts/task           # the bundled task's data
-python -m lightning_rlhf evaluate artifacts/sft             # oracle score on held-out prompts
+python -m lightning_rlhf evaluate artifacts/ppo --against artifacts/sft --reward artifacts/rm
+python -m lightning_rlhf evaluate-rm artifacts/rm           # accuracy, calibration on preferences
 python -m lightning_rlhf demo                               # the whole pipeline, embedded defaults
 python -m lightning_rlhf label --policy artifacts/sft --prompts FILE --db labels.sqlite  # people judge
 """
@@ -225,9 +226,15 @@ def _demo(argv: list[str]) -> None:
 
 
 def _evaluate(argv: list[str]) -> None:
-    from lightning_rlhf.evaluate import main as evaluate_main
+    from lightning_rlhf.evaluation.commands import evaluate_main
 
     evaluate_main(argv)
+
+
+def _evaluate_rm(argv: list[str]) -> None:
+    from lightning_rlhf.evaluation.commands import evaluate_rm_main
+
+    evaluate_rm_main(argv)
 
 
 def _label(argv: list[str]) -> None:
@@ -236,12 +243,40 @@ def _label(argv: list[str]) -> None:
     label_main(argv)
 
 
-TOOLS = {"init-model": _init_model, "make-data": _make_data, "evaluate": _evaluate, "demo": _demo}
-TOOLS["label"] = _label
+TOOLS = {
+    "init-model": _init_model,
+    "make-data": _make_data,
+    "evaluate": _evaluate,
+    "evaluate-rm": _evaluate_rm,
+    "label": _label,
+    "demo": _demo,
+}
+
+# one line per command for `python -m lightning_rlhf --help`; each command's own --help says more
+COMMANDS = {
+    "fit": "train a stage: fit --config configs/<stage>.yaml (LightningCLI)",
+    "validate / test / predict": "run one loop of a stage's module (LightningCLI)",
+    "init-model": "write the embedded default model (a tiny Llama, byte tokenizer)",
+    "make-data": "write the bundled task's SFT, preference, prompt and RewardBench-layout files",
+    "evaluate": "score a policy with a reward; --against: its win rate over another policy",
+    "evaluate-rm": "a reward model's accuracy, ties score and calibration on preference data",
+    "label": "the labeling app: people judge pairs of responses; export, stats, Label Studio",
+    "demo": "the whole pipeline (SFT, reward model, PPO, ...) on the embedded defaults",
+}
+
+
+def print_commands() -> None:
+    print("usage: python -m lightning_rlhf COMMAND [options]   (COMMAND --help for its options)\n")
+    width = max(map(len, COMMANDS))
+    for name, line in COMMANDS.items():
+        print(f"  {name:<{width}}  {line}")
+    print("\nLightningCLI's own options follow.\n")
 
 
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else args
+    if not argv or argv[0] in ("-h", "--help"):
+        print_commands()
     try:
         if argv and argv[0] in TOOLS:
             TOOLS[argv[0]](argv[1:])

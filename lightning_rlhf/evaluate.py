@@ -1,12 +1,11 @@
-"""Score an exported policy with a reward function on held-out prompts (greedy by default).
+"""The bundled task's oracle score of an exported policy, overall and per task (the demo's).
 
-python -m lightning_rlhf evaluate artifacts/sft --prompts artifacts/task/prompts_val.jsonl
+For any policy, prompts and reward, with intervals and win rates, see ``lightning_rlhf.evaluation``
+(``python -m lightning_rlhf evaluate``).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from collections import defaultdict
 
@@ -88,14 +87,3 @@ def evaluate_policy(
             if "task" in r:
                 by_task[r["task"]].append(s)
     return {k: sum(v) / len(v) for k, v in sorted(by_task.items())}
-
-
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    p = argparse.ArgumentParser(prog="lightning_rlhf evaluate", description=evaluate_policy.__doc__)
-    p.add_argument("model_dir")
-    p.add_argument("--prompts", default="artifacts/task/prompts_val.jsonl")
-    p.add_argument("--limit", type=int, default=None)
-    a = p.parse_args(argv)
-    result = evaluate_policy(a.model_dir, a.prompts, limit=a.limit)
-    print(json.dumps({"model": a.model_dir, "oracle_score": result}))
-    return result

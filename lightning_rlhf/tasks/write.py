@@ -33,6 +33,30 @@ def _write_jsonl(path: Path, rows: Iterable[dict], bar: tqdm) -> int:
     return n
 
 
+def _distinct_wrong(problem, rng: random.Random, k: int) -> list[str]:
+    """``k`` different wrong answers (fewer only if the problem has fewer within 50 draws)."""
+    wrong: list[str] = []
+    for _ in range(50):
+        if len(wrong) == k:
+            break
+        w = corrupt(problem, rng)
+        if w not in wrong:
+            wrong.append(w)
+    return wrong
+
+
+def _rewardbench_rows(n: int, seed: int, version: int) -> Iterable[dict]:
+    """Held-out rows in RewardBench v1 (one rejected) or v2 (three rejected) layout."""
+    rng = random.Random(seed)
+    for i, p in enumerate(sample_problems(n, seed=seed, held_out=True)):
+        if version == 1:
+            yield {"prompt": p.prompt, "chosen": p.answer, "rejected": corrupt(p, rng),
+                   "subset": p.task}  # fmt: skip
+        else:
+            yield {"id": str(i), "prompt": p.prompt, "chosen": [p.answer],
+                   "rejected": _distinct_wrong(p, rng, 3), "subset": p.task}  # fmt: skip
+
+
 def write_task_data(
     out_dir: str | Path,
     seed: int = 1234,
@@ -42,19 +66,24 @@ def write_task_data(
 ) -> dict[str, int]:
     """Write ``{sft,pref,prompts}_{train,val}.jsonl`` under ``out_dir``; return rows per file.
 
-    sft:     {"task", "prompt", "completion"}   the noisy demonstrator's answer (``demo_noise``)
-    pref:    {"task", "prompt", "chosen", "rejected"}   chosen is correct, rejected is not
-    prompts: {"task", "prompt", "answer"}       for RL; the oracle needs only the prompt
+        sft:     {"task", "prompt", "completion"}   the noisy demonstrator's answer (``demo_noise``)
+        pref:    {"task", "prompt", "chosen", "rejected"}   chosen is correct, rejected is not
+        prompts: {"task", "prompt", "answer"}       for RL; the oracle needs only the prompt
 
-    The same seed writes the same bytes. ``scale`` multiplies the train sizes (tests use less).
-    A progress bar with the rate in rows/s goes to stderr unless ``progress`` is False.
+    and two held-out files in RewardBench's layouts, for ``evaluate-rm``:
+    ``rewardbench_val.jsonl`` {"prompt", "chosen", "rejected", "subset"} (v1: pairs, the subset is
+    the task) and ``rewardbench2_val.jsonl`` {"id", "prompt", "chosen": [1], "rejected": [3],
+    "subset"} (v2: best of four).
+
+        The same seed writes the same bytes. ``scale`` multiplies the train sizes (tests use less).
+        A progress bar with the rate in rows/s goes to stderr unless ``progress`` is False.
     """
     counts: dict[str, int] = {}
     sizes = {
         (split, kind): _size(split, kind, scale) for split in ("train", "val") for kind in KINDS
     }
     bar = tqdm(
-        total=sum(sizes.values()),
+        total=sum(sizes.values()) + 2 * SIZES["val"],
         desc=f"writing {out_dir}",
         unit="row",
         file=sys.stderr,
@@ -91,5 +120,8 @@ def write_task_data(
                     )
                 name = f"{kind}_{split}.jsonl"
                 counts[name] = _write_jsonl(Path(tmp) / name, rows, bar)
+        for version, name in ((1, "rewardbench_val.jsonl"), (2, "rewardbench2_val.jsonl")):
+            rows = _rewardbench_rows(SIZES["val"], seed * 10 + 5 + version, version)
+            counts[name] = _write_jsonl(Path(tmp) / name, rows, bar)
     bar.close()
     return counts

@@ -241,6 +241,8 @@ RESOLVERS = (
 ALLOWED = {
     ("__init__.py", "importlib.import_module"),  # the lazy-export table: fixed module names
     ("cli.py", "self.parser.parse_object"),  # a checkpoint's hparams, after ckpt_overrides
+    # `evaluate --reward pkg.module:function` (the command line, or a YAML: both are code)
+    ("policy_eval.py", "importlib.import_module"),
 }
 
 
