@@ -28,7 +28,7 @@ from lightning_rlhf.modules.policy import PolicyModule
 from lightning_rlhf.modules.sft import completion_logits
 from lightning_rlhf.optim import ScheduleOptions
 from lightning_rlhf.rewards import RewardFunction
-from lightning_rlhf.rollout import SamplingOptions
+from lightning_rlhf.rollout import RolloutEngine, SamplingOptions
 from lightning_rlhf.types import LMBatch, PreferenceBatch, PromptBatch
 
 _METRICS = (
@@ -127,6 +127,8 @@ class DPOModule(PolicyModule):
         num_logged_samples: held-out prompts and answers logged as a table at each validation.
         nan_policy: a non-finite loss stops the run ("raise", naming the step) or skips that
             batch with a warning ("skip"; under DDP every rank skips it together).
+        rollout: the engine that samples the validation answers: ``HFRollout`` (None, the
+            default) or ``PagedRollout``, by class_path (docs/rollout.md).
     """
 
     def __init__(
@@ -144,6 +146,7 @@ class DPOModule(PolicyModule):
         eval_sampling: SamplingOptions = SamplingOptions(max_new_tokens=8, temperature=0.0),
         num_logged_samples: int = 8,
         nan_policy: Literal["raise", "skip"] = "raise",
+        rollout: RolloutEngine | None = None,
     ) -> None:
         super().__init__(
             model_name_or_path,
@@ -153,9 +156,10 @@ class DPOModule(PolicyModule):
             oracle,
             eval_sampling,
             num_logged_samples,
+            rollout,
         )
         check_dpo_options(beta, loss_type, label_smoothing)
-        self.save_hyperparameters(ignore=["optimizer", "oracle"])
+        self.save_hyperparameters(ignore=["optimizer", "oracle", "rollout"])
         self.nan_policy = nan_policy
         self.ref_model_name_or_path = ref_model_name_or_path
         self.beta = beta

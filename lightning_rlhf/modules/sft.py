@@ -16,7 +16,7 @@ from lightning_rlhf.modules.base import adamw
 from lightning_rlhf.modules.policy import PolicyModule
 from lightning_rlhf.optim import ScheduleOptions
 from lightning_rlhf.rewards import RewardFunction
-from lightning_rlhf.rollout import SamplingOptions
+from lightning_rlhf.rollout import RolloutEngine, SamplingOptions
 from lightning_rlhf.types import LMBatch
 
 
@@ -73,6 +73,8 @@ class SFTModule(PolicyModule):
         num_logged_samples: prompts, responses and scores logged as a table at each validation.
         nan_policy: a non-finite loss stops the run ("raise", naming the step) or skips that
             batch with a warning ("skip"; under DDP every rank skips it together).
+        rollout: the engine that samples the validation answers: ``HFRollout`` (None, the
+            default) or ``PagedRollout``, by class_path (docs/rollout.md).
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class SFTModule(PolicyModule):
         eval_sampling: SamplingOptions = SamplingOptions(max_new_tokens=8, temperature=0.0),
         num_logged_samples: int = 8,
         nan_policy: Literal["raise", "skip"] = "raise",
+        rollout: RolloutEngine | None = None,
     ) -> None:
         super().__init__(
             model_name_or_path,
@@ -94,8 +97,9 @@ class SFTModule(PolicyModule):
             oracle,
             eval_sampling,
             num_logged_samples,
+            rollout,
         )
-        self.save_hyperparameters(ignore=["optimizer", "oracle"])
+        self.save_hyperparameters(ignore=["optimizer", "oracle", "rollout"])
         self.nan_policy = nan_policy
         self.val_nll = MeanMetric()
         self.val_token_accuracy = MeanMetric()
