@@ -2,6 +2,7 @@
 validation answers, ``evaluate``), chosen by ``class_path`` (``model.rollout``).
 
 - ``HFRollout`` (the default): the policy's own forward in a KV-cached loop.
+- ``PagedRollout``: transformers' continuous batching (paged attention).
 
 Both read the live module, return the same ``Generation`` and pass the conformance suite.
 """
@@ -9,6 +10,7 @@ Both read the live module, return the same ``Generation`` and pass the conforman
 from lightning_rlhf.rollout.base import RolloutEngine
 from lightning_rlhf.rollout.hf import HFRollout, generate
 from lightning_rlhf.rollout.metrics import rollout_metrics
+from lightning_rlhf.rollout.paged import PagedRollout
 from lightning_rlhf.rollout.sampling import (
     Generation,
     SamplingOptions,
@@ -22,6 +24,7 @@ from lightning_rlhf.rollout.sampling import (
 __all__ = [
     "Generation",
     "HFRollout",
+    "PagedRollout",
     "RolloutEngine",
     "SamplingOptions",
     "decode_responses",
