@@ -102,12 +102,41 @@ def full_parameters(root: nn.Module | None) -> contextlib.AbstractContextManager
         return FSDP.summon_full_params(root, writeback=False, recurse=True)
     zero3 = [p for p in root.parameters() if hasattr(p, "ds_id")]
     if zero3:
-        import deepspeed
-
-        return deepspeed.zero.GatheredParameters(zero3, modifier_rank=None)
+        return _zero3_gathered(root, zero3)
     log.warning(
         "HFRollout.gather_full_params: no FSDP module or ZeRO-3 parameter under %s; nothing "
         "gathered (the strategy shards nothing)",
         type(root).__name__,
     )
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _zero3_gathered(engine: nn.Module, params: list):
+    """ZeRO-3's full parameters for the context. Gathering alone is not enough: the engine's
+    module hooks would release each layer's parameters after its forward, so they are removed
+    for the context and registered again after it. DeepSpeed's own context does both where the
+    installed version has it."""
+    try:
+        from deepspeed.runtime.zero import unwrap_model_for_generation
+    except ImportError:
+        unwrap_model_for_generation = None
+    if unwrap_model_for_generation is not None:
+        with unwrap_model_for_generation(engine):
+            yield
+        return
+    import deepspeed
+
+    offload = getattr(getattr(engine, "optimizer", None), "parameter_offload", None)
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        if offload is not None:
+            for p in params:
+                p.ds_active_sub_modules.clear()
+            for hook in offload.forward_hooks + offload.backward_hooks:
+                hook.remove()
+            offload.forward_hooks, offload.backward_hooks = [], []
+        try:
+            yield
+        finally:
+            if offload is not None:
+                offload._register_deepspeed_module(offload.module)
