@@ -90,23 +90,8 @@ class HFRollout(RolloutEngine):
         (B, P), N, device = ids.shape, sampling.max_new_tokens, ids.device
         kind = "static" if step_fn is not None else self.cache
         compact = self.compact_finished and kind != "static"
-        dtype = next(model.parameters()).dtype
-        cache = make_cache(model, kind, B, P + N, dtype, device)
-        # the mask of every position a row will have: causal attention never reads ahead of the
-        # token being decoded, so the future's ones are harmless and no mask is grown per token
-        mask = torch.cat([prompt_mask.long(), prompt_mask.new_ones(B, N, dtype=torch.long)], 1)
-        positions = padded_positions(prompt_mask.long())  # (B, P)
+        out, cache, mask, positions = _prefill(model, ids, prompt_mask, N, kind)
         arg = _cache_argument(model)
-        out = model(
-            input_ids=ids,
-            attention_mask=mask if kind == "static" else mask[:, :P],
-            position_ids=positions,
-            use_cache=True,
-            # the LM head only where the next token is drawn; an index tensor gathers a contiguous
-            # state, so a frozen model's head is one matrix multiply, not one per row
-            logits_to_keep=torch.tensor([P - 1], device=device),
-            **{arg: cache},
-        )
         step_fn = step_fn or model
         rows = torch.arange(B, device=device)  # the batch rows still decoded
         next_position = positions[:, -1:] + 1  # (A, 1)
@@ -171,6 +156,28 @@ class HFRollout(RolloutEngine):
     def _fall_back(self, reason: str) -> None:
         self.compile_fallback = reason
         log.warning("HFRollout(compile_decode=True): %s; decoding eagerly from now on", reason)
+
+
+def _prefill(model: nn.Module, ids: Tensor, prompt_mask: Tensor, new: int, kind: str):
+    """The prompts' forward into a fresh cache of prompt width + ``new`` positions: its output,
+    the cache, the (B, P + new) mask of every position a row will have, the (B, P) positions."""
+    (B, P), device = ids.shape, ids.device
+    cache = make_cache(model, kind, B, P + new, next(model.parameters()).dtype, device)
+    # causal attention never reads ahead of the token being decoded, so the future's ones are
+    # harmless and no mask is grown per token
+    mask = torch.cat([prompt_mask.long(), prompt_mask.new_ones(B, new, dtype=torch.long)], 1)
+    positions = padded_positions(prompt_mask.long())  # (B, P)
+    out = model(
+        input_ids=ids,
+        attention_mask=mask if kind == "static" else mask[:, :P],
+        position_ids=positions,
+        use_cache=True,
+        # the LM head only where the next token is drawn; an index tensor gathers a contiguous
+        # state, so a frozen model's head is one matrix multiply, not one per row
+        logits_to_keep=torch.tensor([P - 1], device=device),
+        **{_cache_argument(model): cache},
+    )
+    return out, cache, mask, positions
 
 
 def _spread(values: Tensor, rows: Tensor, batch: int, fill) -> Tensor:
