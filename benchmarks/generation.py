@@ -3,6 +3,10 @@ token draw by ``torch.multinomial`` against ``rollout.sample_tokens``, in one pr
 
     .venv/bin/python benchmarks/generation.py            # ~1 min; --model llama-5m, --threads N
     .venv/bin/python benchmarks/generation.py --host     # the host's work per token (~1 min)
+    .venv/bin/python benchmarks/generation.py --engines --threads 2   # the rollout engines
+
+``--engines`` times the rollout engines against the loop before them and transformers'
+``generate`` (see ``engines``); it writes benchmarks/results/generation-engines-<date>.json.
 
 The benchmark's PPO setting: 16 prompts of 32 tokens, 32 new tokens at temperature 1 (EOS
 banned, so every row runs to the end), fp32, the case's model (built if missing). The two
@@ -51,10 +55,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--host", action="store_true", help="a 28-layer model of no arithmetic")
+    parser.add_argument("--engines", action="store_true", help="the rollout engines (58M Llama)")
+    parser.add_argument("--rows", type=int, default=64, help="--engines: prompts per call")
+    parser.add_argument("--new", type=int, nargs="+", default=[64, 256], help="--engines: N")
+    parser.add_argument("--ragged", action="store_true", help="--engines: long-tailed lengths")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.host:
         return host_work(args.rounds)
+    if args.engines:
+        from engines_bench import engines
+
+        return engines(args.rows, args.new, args.rounds, args.threads, args.ragged)
     root = assets.build(HERE / ".cache", args.model, assets.DataSpec())
     tok = load_tokenizer(str(root / "lm"), padding_side="left")
     model = load_causal_lm(str(root / "lm")).eval()

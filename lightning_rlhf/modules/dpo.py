@@ -28,7 +28,7 @@ from lightning_rlhf.modules.policy import PolicyModule
 from lightning_rlhf.modules.sft import completion_logits
 from lightning_rlhf.optim import ScheduleOptions
 from lightning_rlhf.rewards import RewardFunction
-from lightning_rlhf.rollout import SamplingOptions
+from lightning_rlhf.rollout import RolloutEngine, SamplingOptions
 from lightning_rlhf.types import LMBatch, PreferenceBatch, PromptBatch
 
 _METRICS = (
@@ -129,6 +129,8 @@ class DPOModule(PolicyModule):
             batch with a warning ("skip"; under DDP every rank skips it together).
         max_consecutive_skips: under ``nan_policy: skip``, this many batches skipped in a row
             stop the run with an error naming what was non-finite and how often.
+        rollout: the engine that samples the validation answers: ``HFRollout`` (None, the
+            default) or ``PagedRollout``, by class_path (docs/rollout.md).
     """
 
     def __init__(
@@ -147,6 +149,7 @@ class DPOModule(PolicyModule):
         num_logged_samples: int = 8,
         nan_policy: Literal["raise", "skip"] = "raise",
         max_consecutive_skips: int = 10,
+        rollout: RolloutEngine | None = None,
     ) -> None:
         super().__init__(
             model_name_or_path,
@@ -156,9 +159,10 @@ class DPOModule(PolicyModule):
             oracle,
             eval_sampling,
             num_logged_samples,
+            rollout,
         )
         check_dpo_options(beta, loss_type, label_smoothing)
-        self.save_hyperparameters(ignore=["optimizer", "oracle"])
+        self.save_hyperparameters(ignore=["optimizer", "oracle", "rollout"])
         self.set_nan_policy(nan_policy, max_consecutive_skips)
         self.ref_model_name_or_path = ref_model_name_or_path
         self.beta = beta

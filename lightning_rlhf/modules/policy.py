@@ -12,13 +12,20 @@ from lightning_rlhf.models import ModelOptions, check_same_tokenizer, load_causa
 from lightning_rlhf.modules.base import StageModule
 from lightning_rlhf.optim import ScheduleOptions
 from lightning_rlhf.rewards import RewardFunction, as_reward
-from lightning_rlhf.rollout import Generation, SamplingOptions, decode_responses, generate
+from lightning_rlhf.rollout import (
+    Generation,
+    HFRollout,
+    RolloutEngine,
+    SamplingOptions,
+    decode_responses,
+)
 from lightning_rlhf.types import PromptBatch
 
 
 class PolicyModule(StageModule):
     """Base of SFT and RL: a causal LM whose greedy answers to held-out prompts are scored by
-    ``oracle`` at every validation, with a table of samples."""
+    ``oracle`` at every validation, with a table of samples. Every response it samples comes from
+    ``rollout``, the engine (None: ``HFRollout()``; see docs/rollout.md)."""
 
     def __init__(
         self,
@@ -29,8 +36,10 @@ class PolicyModule(StageModule):
         oracle: RewardFunction | None,
         eval_sampling: SamplingOptions,
         num_logged_samples: int,
+        rollout: RolloutEngine | None = None,
     ) -> None:
         super().__init__(model_name_or_path, model, optimizer, schedule)
+        self.rollout = HFRollout() if rollout is None else rollout
         self.oracle = None if oracle is None else as_reward(oracle, "oracle")
         self.eval_sampling = eval_sampling
         self.num_logged_samples = num_logged_samples
@@ -57,16 +66,21 @@ class PolicyModule(StageModule):
         return [ref.eval().requires_grad_(False)]
 
     def sample(self, batch: PromptBatch, sampling: SamplingOptions) -> tuple[Generation, list[str]]:
-        """The sampled responses to a prompt batch, and their texts."""
-        generation = generate(
+        """The sampled responses to a prompt batch, and their texts.
+
+        The engine is bound to the live policy at each call, and told the weights' version: the
+        optimizer step count, which changes exactly when the weights do.
+        """
+        sharded = self._sharded()
+        self.rollout.bind(
             self.model,
-            batch.input_ids,
-            batch.attention_mask,
-            sampling,
             eos_token_id=self.tokenizer.eos_token_id,
             pad_token_id=self.tokenizer.pad_token_id,
-            synced=self._sharded(),
+            synced=sharded,
+            sharded=self.trainer.strategy.model if sharded else None,
         )
+        self.rollout.load_weights(self.model, self.global_step)
+        generation = self.rollout.generate(batch.input_ids, batch.attention_mask, sampling)
         texts = decode_responses(self.tokenizer, generation.response_ids, generation.response_mask)
         return generation, texts
 

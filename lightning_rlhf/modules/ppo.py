@@ -61,7 +61,7 @@ from lightning_rlhf.rewards import (
     check_scores,
     reward_functions,
 )
-from lightning_rlhf.rollout import SamplingOptions, tempered
+from lightning_rlhf.rollout import RolloutEngine, SamplingOptions, rollout_metrics, tempered
 from lightning_rlhf.types import PromptBatch, Rollout
 
 # Lightning warns that a checkpoint under manual optimisation holds the state after the optimizer
@@ -178,6 +178,8 @@ class PPOModule(PolicyModule):
             iteration with a warning ("skip"); checkpoints are never written from it.
         max_consecutive_skips: under ``nan_policy: skip``, this many iterations or minibatches
             skipped in a row stop the run with an error naming what was non-finite, how often.
+        rollout: the engine that samples rollouts and validation answers: ``HFRollout`` (None,
+            the default) or ``PagedRollout``, by class_path (docs/rollout.md).
     """
 
     def __init__(
@@ -203,6 +205,7 @@ class PPOModule(PolicyModule):
         log_samples_every_n_steps: int = 50,
         nan_policy: Literal["raise", "skip"] = "raise",
         max_consecutive_skips: int = 10,
+        rollout: RolloutEngine | None = None,
     ) -> None:
         super().__init__(
             model_name_or_path,
@@ -212,9 +215,10 @@ class PPOModule(PolicyModule):
             oracle,
             eval_sampling,
             num_logged_samples,
+            rollout,
         )
         self.save_hyperparameters(
-            ignore=["optimizer", "oracle", "reward", "kl_controller", "advantage"]
+            ignore=["optimizer", "oracle", "reward", "kl_controller", "advantage", "rollout"]
         )
         if ppo.samples_per_prompt < advantage.min_group_size:
             raise ValueError(
@@ -431,6 +435,7 @@ class PPOModule(PolicyModule):
         if self.ppo.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
         t2 = time.perf_counter()
+        eos = self.tokenizer.eos_token_id
         rollout = Rollout(
             query_ids, query_mask, response_ids, response_mask, logprobs, ref_logprobs, values,
             scores, rewards, advantages, returns,
@@ -443,6 +448,7 @@ class PPOModule(PolicyModule):
             "kl": kl,
             "time/generation": t1 - t0,
             "time/scoring": t2 - t1,
+            "rollout": rollout_metrics(generation, t1 - t0, self.sampling.max_new_tokens, eos),
         }
         return rollout, info
 
@@ -552,6 +558,7 @@ class PPOModule(PolicyModule):
             "train/response_length": mask.sum(1).mean(),
             "train/eos_rate": eos.mean(),
             **{f"train/{k}": v for k, v in stats.items()},
+            **info["rollout"],
             **{
                 k: torch.tensor(info[k]) for k in ("time/generation", "time/scoring", "time/update")
             },

@@ -17,7 +17,7 @@ from lightning_rlhf.modules.policy import PolicyModule
 from lightning_rlhf.optim import ScheduleOptions
 from lightning_rlhf.packing import causal_lm_forward, check_packing
 from lightning_rlhf.rewards import RewardFunction
-from lightning_rlhf.rollout import SamplingOptions
+from lightning_rlhf.rollout import RolloutEngine, SamplingOptions
 from lightning_rlhf.types import LMBatch
 
 
@@ -76,6 +76,8 @@ class SFTModule(PolicyModule):
             batch with a warning ("skip"; under DDP every rank skips it together).
         max_consecutive_skips: under ``nan_policy: skip``, this many batches skipped in a row
             stop the run with an error naming what was non-finite and how often.
+        rollout: the engine that samples the validation answers: ``HFRollout`` (None, the
+            default) or ``PagedRollout``, by class_path (docs/rollout.md).
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class SFTModule(PolicyModule):
         num_logged_samples: int = 8,
         nan_policy: Literal["raise", "skip"] = "raise",
         max_consecutive_skips: int = 10,
+        rollout: RolloutEngine | None = None,
     ) -> None:
         super().__init__(
             model_name_or_path,
@@ -98,8 +101,9 @@ class SFTModule(PolicyModule):
             oracle,
             eval_sampling,
             num_logged_samples,
+            rollout,
         )
-        self.save_hyperparameters(ignore=["optimizer", "oracle"])
+        self.save_hyperparameters(ignore=["optimizer", "oracle", "rollout"])
         self.set_nan_policy(nan_policy, max_consecutive_skips)
         self.val_nll = MeanMetric()
         self.val_token_accuracy = MeanMetric()

@@ -10,7 +10,14 @@ import torch
 
 from lightning_rlhf.losses import token_logprobs
 from lightning_rlhf.models import load_causal_lm, load_tokenizer
-from lightning_rlhf.rollout import SamplingOptions, generate, sample_tokens
+from lightning_rlhf.rollout import (
+    Generation,
+    HFRollout,
+    SamplingOptions,
+    generate,
+    rollout_metrics,
+    sample_tokens,
+)
 
 PROBS = torch.tensor([0.5, 0.3, 0.15, 0.05])
 
@@ -186,3 +193,76 @@ def test_decode_responses_keeps_the_masked_tokens_of_each_row(tokenizer):
         ids[i, : len(e)], mask[i, : len(e)] = torch.tensor(e), 1
     ids[1, len(encoded[1])] = tokenizer.encode("X", add_special_tokens=False)[0]  # not in the mask
     assert decode_responses(tokenizer, ids, mask) == rows
+
+
+def ragged_eos(model, eos, share=1 / 8):
+    """A hook giving EOS ``share`` of the mass at every step, so rows end at different steps."""
+
+    def hook(module, inputs, logits):
+        others = logits.clone()
+        others[..., eos] = float("-inf")
+        logits = logits.clone()
+        logits[..., eos] = others.logsumexp(-1) + math.log(share / (1 - share))
+        return logits
+
+    return model.get_output_embeddings().register_forward_hook(hook)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"compact_finished": False}, {"cache": "dynamic"}, {"cache": "static"}],
+    ids=["no-compaction", "dynamic-cache", "static-cache"],
+)
+def test_compaction_and_caches_draw_the_same_tokens_per_row(lm, one_thread, options):
+    # finished rows leave the batch, but each step's uniforms are drawn for the whole batch:
+    # every row's tokens, given the seed, are those of the loop that keeps every row
+    model, tok = lm
+    ids, mask = prompts(tok, ["a", "bb", "ccc", "dddd"] * 4)
+    sampling = SamplingOptions(30, temperature=0.9, top_p=0.95)
+    hook = ragged_eos(model, tok.eos_token_id)
+    try:
+        runs = []
+        for engine in (HFRollout(), HFRollout(**options)):
+            torch.manual_seed(3)
+            runs.append(engine.bind(model, tok.eos_token_id, tok.pad_token_id).generate(
+                ids, mask, sampling))  # fmt: skip
+    finally:
+        hook.remove()
+    (a, b) = runs
+    ends = a.response_mask.sum(1)
+    assert len(set(ends.tolist())) > 3  # rows ended at many different steps: compaction ran
+    assert torch.equal(a.response_ids, b.response_ids)
+    assert torch.equal(a.response_mask, b.response_mask)
+    torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-5, rtol=1e-5)
+
+
+def test_compile_decode_falls_back_to_eager_on_cpu_with_the_reason_logged(lm, one_thread, caplog):
+    model, tok = lm
+    ids, mask = prompts(tok)
+    greedy = SamplingOptions(6, temperature=0.0)
+    engine = HFRollout(compile_decode=True).bind(model, tok.eos_token_id, tok.pad_token_id)
+    with caplog.at_level("WARNING", logger="lightning_rlhf.rollout.hf"):
+        out = engine.generate(ids, mask, greedy)
+    assert "CUDA graphs need a CUDA device, the policy is on cpu" in caplog.text
+    assert "cpu" in engine.compile_fallback
+    expected = generate(model, ids, mask, greedy, tok.eos_token_id, tok.pad_token_id)
+    assert torch.equal(out.response_ids, expected.response_ids)
+
+
+def test_an_unbound_engine_says_how_to_bind_it():
+    with pytest.raises(RuntimeError, match="bind"):
+        HFRollout().generate(
+            torch.ones(1, 2, dtype=torch.long), torch.ones(1, 2), SamplingOptions()
+        )
+
+
+def test_rollout_metrics_by_hand():
+    eos = 1
+    ids = torch.tensor([[5, 1, 0, 0], [5, 6, 7, 8], [1, 0, 0, 0], [5, 6, 7, 1]])
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 1]])
+    m = rollout_metrics(Generation(ids, mask, torch.zeros(4, 4)), 0.5, 4, eos)
+    assert m["rollout/tokens"].item() == 2 + 4 + 1 + 4
+    assert m["rollout/tokens_per_s"].item() == 22.0
+    assert m["rollout/response_length_mean"].item() == 11 / 4
+    assert m["rollout/response_length_max"].item() == 4
+    assert m["rollout/truncated"].item() == 0.25  # row 1 only: row 3 ended with EOS at the limit

@@ -1,7 +1,7 @@
-"""Batched, KV-cached sampling from a causal LM, under no_grad.
+"""What every rollout engine shares: the sampling options, the ``Generation`` it returns, and the
+token draw of the engines that sample from logits themselves.
 
-One prefill forward over the left-padded prompts, then one single-token forward per new token
-against the model's KV cache. Tokens are drawn by inverse transform sampling (a cumulative sum
+Tokens are drawn by inverse transform sampling (a cumulative sum
 and one uniform number per row), not by ``torch.multinomial``, whose CPU kernel draws one
 exponential number per vocabulary entry (a quarter of a generation's time at a 32k vocabulary
 on a CPU).
@@ -15,15 +15,11 @@ drawn from the policy the RL stage trains.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-import torch.distributed as dist
-from torch import Tensor, nn
-
-from lightning_rlhf.models import padded_positions
+from torch import Tensor
 
 
 @dataclass
@@ -90,13 +86,16 @@ def tempered(logits: Tensor, temperature: float) -> Tensor:
 
 
 def sample_tokens(
-    logits: Tensor, sampling: SamplingOptions, banned: int | None = None
+    logits: Tensor, sampling: SamplingOptions, banned: int | None = None, u: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """One token per row from next-token logits, and its log-probability.
 
     Args:
         logits: (B, V) next-token logits.
         banned: a token id that cannot be drawn (EOS before ``min_new_tokens``).
+        u: (B, 1) float64 uniform numbers on [0, 1), one per row; drawn here when None. An engine
+            that drops finished rows draws them for the whole batch and passes the live rows',
+            so that each row's draws do not depend on when the others finished.
     Returns:
         tokens: (B,) long; the argmax at temperature 0; otherwise a draw from softmax(logits / T)
             restricted to the top-k tokens, then to the smallest set of most likely tokens whose
@@ -112,8 +111,13 @@ def sample_tokens(
         )
         tokens = allowed.argmax(dim=-1)
     else:
-        tokens = _inverse_cdf(_truncated_probs(scaled, logz, sampling, banned))
+        tokens = _inverse_cdf(_truncated_probs(scaled, logz, sampling, banned), u)
     return tokens, (scaled.gather(1, tokens[:, None]) - logz).squeeze(1)
+
+
+def uniforms(rows: int, device: torch.device) -> Tensor:
+    """(rows, 1) float64 uniform numbers on [0, 1): the draw of one token for each row."""
+    return torch.rand((rows, 1), dtype=torch.float64, device=device)
 
 
 def _ids(token: int, like: Tensor) -> Tensor:
@@ -141,97 +145,18 @@ def _truncated_probs(
     return probs
 
 
-def _inverse_cdf(probs: Tensor) -> Tensor:
+def _inverse_cdf(probs: Tensor, u: Tensor | None = None) -> Tensor:
     """(B,) index i with cdf[i-1] <= u < cdf[i], u uniform on [0, total): P(i) = probs[i] / total.
 
     A float64 sum keeps every token's interval true to its probability across a 150k vocabulary.
     """
     cdf = probs.double().cumsum(dim=-1)  # (B, V)
     total = cdf[:, -1:]
-    u = torch.rand(total.shape, dtype=cdf.dtype, device=cdf.device) * total
+    if u is None:
+        u = uniforms(total.shape[0], cdf.device)
+    u = u * total
     u = torch.minimum(u, total.nextafter(torch.zeros_like(total)))  # rounding never reaches total
     return torch.searchsorted(cdf, u, right=True).squeeze(1)
-
-
-def _cache_argument(model: nn.Module) -> str:
-    """The forward's KV-cache argument: transformers 5.2x renamed ``past_key_values`` to ``cache``
-    (the old name warns until it is removed)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-
-
-def _all_done(done: Tensor, synced: bool) -> bool:
-    if synced and dist.is_available() and dist.is_initialized():
-        # FSDP/ZeRO-3: each forward is a collective; every rank stops at the same step
-        pending = (~done).any().to(torch.float32).reshape(1)
-        dist.all_reduce(pending)
-        return bool(pending.item() == 0)
-    return bool(done.all())
-
-
-@torch.no_grad()
-def generate(
-    model: nn.Module,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    sampling: SamplingOptions,
-    eos_token_id: int,
-    pad_token_id: int,
-    synced: bool = False,
-) -> Generation:
-    """Sample responses to left-padded prompts.
-
-    Args:
-        input_ids: (B, P) left-padded prompt ids.
-        attention_mask: (B, P).
-        synced: keep generating until every rank is done (FSDP/ZeRO-3: each forward is a
-            collective, so a rank that stopped early would hang the others).
-    """
-    was_training = model.training
-    model.eval()  # no dropout; gradient checkpointing (training only) would drop the cache
-    try:
-        mask = attention_mask.long()
-        positions = padded_positions(mask)  # (B, P)
-        out = model(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            # the LM head only where the next token is drawn; an index tensor gathers a contiguous
-            # state, so a frozen model's head is one matrix multiply, not one per row
-            logits_to_keep=torch.tensor([input_ids.shape[1] - 1], device=input_ids.device),
-        )
-        cache = _cache_argument(model)
-        next_position = positions[:, -1:] + 1  # (B, 1)
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        tokens, logprobs = [], []
-        for step in range(sampling.max_new_tokens):
-            banned = eos_token_id if step < sampling.min_new_tokens else None
-            token, logprob = sample_tokens(out.logits[:, -1], sampling, banned)
-            token = token.masked_fill(done, pad_token_id)  # (B,)
-            tokens.append(token)
-            logprobs.append(logprob)
-            done = done | (token == eos_token_id)
-            if step + 1 == sampling.max_new_tokens or _all_done(done, synced):
-                break
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # (B, P + step + 1)
-            out = model(
-                input_ids=token[:, None],
-                attention_mask=mask,
-                position_ids=next_position,
-                use_cache=True,
-                **{cache: getattr(out, cache)},
-            )
-            next_position = next_position + 1
-    finally:
-        model.train(was_training)
-    response = torch.stack(tokens, dim=1)  # (B, R)
-    resp_mask = response_mask(response, eos_token_id)
-    return Generation(
-        response.masked_fill(resp_mask == 0, pad_token_id),
-        resp_mask,
-        torch.stack(logprobs, dim=1) * resp_mask,
-    )
 
 
 def decode_responses(tokenizer, response_ids: Tensor, mask: Tensor) -> list[str]:

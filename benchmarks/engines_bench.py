@@ -1,0 +1,131 @@
+"""Rollout engines on the CPU (``benchmarks/generation.py --engines``): tokens/s of each side on
+one process, the sides alternating within each round (the first side rotates), medians over
+rounds.
+
+The case of issue 18: a 58M-parameter Llama with a 32k vocabulary (hidden 512, 8 layers, untied
+head; random weights), ``rows`` prompts of 32 tokens left-padded by 0–7, fp32, temperature 1.
+By default EOS is banned, so every row generates exactly N tokens on every side; ``--ragged``
+gives EOS 2/N of the mass at each step instead (lengths geometric, cut at N: long-tailed), and
+each side's tokens/s counts the tokens it generated.
+
+Sides: "loop before" is ``HFRollout(compact_finished=False, cache="dynamic")``, the loop this
+package had before the engines (every row to the end, transformers' concatenating cache);
+"HFRollout" its default; "HFRollout static" transformers' StaticCache; "PagedRollout"
+(its first call, with the library's warm-up, timed apart); "transformers generate" with
+``do_sample``, no top-k/top-p and the same EOS rule.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from lightning_rlhf.rollout import HFRollout, PagedRollout, SamplingOptions
+
+RESULTS = Path(__file__).resolve().parent / "results"
+EOS, PAD = 2, 0
+
+
+def model_58m():
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=32000, hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
+        num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=1024,
+        bos_token_id=1, eos_token_id=EOS, pad_token_id=PAD, tie_word_embeddings=False,
+    )  # fmt: skip
+    # 2 x 32000 x 512 embeddings and head + 8 x (4 x 512² + 3 x 512 x 1376) = 58.1M parameters
+    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+
+
+def eos_share_hook(model, share: float):
+    def hook(module, inputs, logits):
+        others = logits.index_fill(-1, torch.tensor([EOS]), -math.inf)
+        logits = logits.clone()
+        logits[..., EOS] = others.logsumexp(-1) + math.log(share / (1 - share))
+        return logits
+
+    return model.get_output_embeddings().register_forward_hook(hook)
+
+
+def sides(model, ids, mask, new: int, ragged: bool):
+    """{name: fn() -> tokens generated}."""
+    options = SamplingOptions(new, temperature=1.0, min_new_tokens=0 if ragged else new)
+
+    def engine(e):
+        e.bind(model, EOS, PAD)
+        return lambda: int(e.generate(ids, mask, options).response_mask.sum())
+
+    def theirs():
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=new,
+            min_new_tokens=0 if ragged else new, do_sample=True, temperature=1.0, top_k=None,
+            top_p=None, eos_token_id=EOS, pad_token_id=PAD,
+        )[:, ids.shape[1]:]  # fmt: skip
+        ended = (out == EOS).cumsum(1) - (out == EOS).long()  # tokens after the first EOS
+        return int((ended == 0).sum())
+
+    return {
+        "loop before": engine(HFRollout(compact_finished=False, cache="dynamic")),
+        "HFRollout": engine(HFRollout()),
+        "HFRollout static": engine(HFRollout(cache="static")),
+        "PagedRollout": engine(PagedRollout()),
+        "transformers generate": theirs,
+    }
+
+
+def engines(rows: int, news: list[int], rounds: int, threads: int, ragged: bool) -> None:
+    model = model_58m()
+    torch.manual_seed(1)
+    ids = torch.randint(3, 32000, (rows, 32))
+    mask = torch.ones_like(ids)
+    for i in range(rows):  # left padding of 0..7 tokens
+        ids[i, : i % 8], mask[i, : i % 8] = PAD, 0
+    hook = eos_share_hook(model, 2 / max(news)) if ragged else None
+    report = {"case": f"58M Llama, {rows} prompts x 32, fp32, {threads} thread(s)", "ragged": ragged,
+              "torch": torch.__version__, "cpu": platform.processor(), "date": str(date.today()),
+              "rounds": rounds, "load_average": os.getloadavg(), "results": {}}  # fmt: skip
+    with torch.no_grad():
+        for new in news:
+            fns = sides(model, ids, mask, new, ragged)
+            t = time.perf_counter()
+            fns["PagedRollout"]()  # its first call: the manager's set-up and warm-up included
+            first_paged = time.perf_counter() - t
+            rates = {name: [] for name in fns}
+            for r in range(rounds):
+                names = list(fns)[r % len(fns) :] + list(fns)[: r % len(fns)]
+                for name in names:
+                    t = time.perf_counter()
+                    tokens = fns[name]()
+                    rates[name].append(tokens / (time.perf_counter() - t))
+                    print(
+                        f"N={new} round {r} {name:22s} {rates[name][-1]:7.0f} tokens/s", flush=True
+                    )
+            report["results"][str(new)] = {
+                "tokens_per_s": {k: statistics.median(v) for k, v in rates.items()},
+                "all": rates, "paged_first_call_s": first_paged,
+            }  # fmt: skip
+    if hook is not None:
+        hook.remove()
+    print_table(report)
+    name = f"generation-engines-{report['date']}-{threads}t{'-ragged' if ragged else ''}.json"
+    (RESULTS / name).write_text(json.dumps(report, indent=1))
+    print(f"wrote benchmarks/results/{name}")
+
+
+def print_table(report) -> None:
+    print(f"\n{report['case']}{', ragged' if report['ragged'] else ''}: tokens/s, medians of "
+          f"{report['rounds']} rounds (÷ the loop before)")  # fmt: skip
+    for new, res in report["results"].items():
+        base = res["tokens_per_s"]["loop before"]
+        cells = ", ".join(f"{k} {v:.0f} ({v / base:.2f})" for k, v in res["tokens_per_s"].items())
+        print(f"N={new}: {cells}; PagedRollout's first call {res['paged_first_call_s']:.1f} s")
