@@ -22,7 +22,7 @@ import torch
 
 from lightning_rlhf.evaluation import stats
 from lightning_rlhf.rewards import RewardEnsemble, RewardFunction, TaskOracle, as_reward
-from lightning_rlhf.rollout import SamplingOptions
+from lightning_rlhf.rollout import RolloutEngine, SamplingOptions
 
 
 def parse_reward(spec: str | RewardFunction | list) -> RewardFunction:
@@ -98,28 +98,24 @@ def sample_responses(
     samples_per_prompt: int = 1,
     batch_size: int = 64,
     seed: int = 0,
+    rollout: RolloutEngine | None = None,
 ) -> list[list[dict]]:
-    """Per prompt, ``samples_per_prompt`` responses: {"response", "length" (tokens)}."""
+    """Per prompt, ``samples_per_prompt`` responses: {"response", "length" (tokens)}, sampled by
+    ``rollout`` (None: ``HFRollout()``), the engine the stages train with."""
     from lightning_rlhf.data.collate import collate_prompts
     from lightning_rlhf.models import load_causal_lm, load_tokenizer
-    from lightning_rlhf.rollout import decode_responses, generate
+    from lightning_rlhf.rollout import HFRollout, decode_responses
 
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(model_dir)
     model = load_causal_lm(model_dir).eval()
+    engine = (rollout or HFRollout()).bind(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
     flat = [r for r in rows for _ in range(samples_per_prompt)]
     out: list[dict] = []
     for start in range(0, len(flat), batch_size):
         chunk = flat[start : start + batch_size]
         batch = collate_prompts(chunk, tokenizer.pad_token_id)  # (b, P) left-padded
-        gen = generate(
-            model,
-            batch.input_ids,
-            batch.attention_mask,
-            sampling,
-            tokenizer.eos_token_id,
-            tokenizer.pad_token_id,
-        )
+        gen = engine.generate(batch.input_ids, batch.attention_mask, sampling)
         texts = decode_responses(tokenizer, gen.response_ids, gen.response_mask)
         lengths = gen.response_mask.sum(dim=1).tolist()
         out += [{"response": t, "length": int(n)} for t, n in zip(texts, lengths)]
@@ -193,6 +189,7 @@ def evaluate_policies(
     tie_margin: float = 0.0,
     batch_size: int = 64,
     seed: int = 0,
+    rollout: RolloutEngine | None = None,
 ) -> EvaluationResult:
     """Score ``policy`` (and ``against``) on ``prompts`` with ``reward``.
 
@@ -200,6 +197,7 @@ def evaluate_policies(
     prompt's score is the mean over its samples), mean length in tokens, per-group means; with
     ``against``, the win rate of ``policy`` over it (per-prompt mean scores compared; a tie within
     ``tie_margin`` counts ½), the length-controlled win rate and win rates by length difference.
+    ``rollout`` samples (None: ``HFRollout()``).
     """
     sampling = sampling or SamplingOptions(max_new_tokens=8, temperature=0.0)
     reward_fn = parse_reward(reward)
@@ -208,7 +206,7 @@ def evaluate_policies(
     responses = {}
     for side, model_dir in sides.items():
         responses[side] = sample_responses(
-            model_dir, rows, sampling, samples_per_prompt, batch_size, seed
+            model_dir, rows, sampling, samples_per_prompt, batch_size, seed, rollout
         )
         score_responses(reward_fn, rows, responses[side])
     summary: dict = {
