@@ -2,6 +2,8 @@
 validation answers, ``evaluate``), chosen by ``class_path`` (``model.rollout``).
 
 - ``HFRollout`` (the default): the policy's own forward in a KV-cached loop.
+- ``VLLMRollout``: a colocated vLLM engine holding its own copy of the policy, pushed the
+  weights after every update (optional extra ``lightning_rlhf[vllm]``; imported lazily).
 
 Both read the live module, return the same ``Generation`` and pass the conformance suite.
 """
@@ -18,11 +20,13 @@ from lightning_rlhf.rollout.sampling import (
     tempered,
     uniforms,
 )
+from lightning_rlhf.rollout.vllm_engine import VLLMRollout
 
 __all__ = [
     "Generation",
     "HFRollout",
     "RolloutEngine",
+    "VLLMRollout",
     "SamplingOptions",
     "decode_responses",
     "generate",
