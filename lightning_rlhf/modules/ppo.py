@@ -38,7 +38,13 @@ from lightning_rlhf.advantages import (
     masked_whiten,
     penalized_rewards,
 )
-from lightning_rlhf.losses import entropy_from_logits, ppo_policy_loss, token_logprobs, value_loss
+from lightning_rlhf.losses import (
+    entropy_from_logits,
+    logprob_mismatch,
+    ppo_policy_loss,
+    token_logprobs,
+    value_loss,
+)
 from lightning_rlhf.models import (
     LoraOptions,
     ModelOptions,
@@ -439,7 +445,14 @@ class PPOModule(PolicyModule):
             "kl": kl,
             "time/generation": t1 - t0,
             "time/scoring": t2 - t1,
-            "rollout": rollout_metrics(generation, t1 - t0, self.sampling.max_new_tokens, eos),
+            "rollout": {
+                **rollout_metrics(generation, t1 - t0, self.sampling.max_new_tokens, eos),
+                # the engine's log-probs against π_old (all 0 when π_old is the engine's)
+                **{
+                    f"rollout/{k}": v
+                    for k, v in logprob_mismatch(generation.logprobs, logprobs, mask).items()
+                },
+            },
         }
         return rollout, info
 
