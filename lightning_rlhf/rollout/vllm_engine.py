@@ -71,6 +71,8 @@ class VLLMRollout(RolloutEngine):
         engine_kwargs: further ``vllm.LLM`` arguments, passed as they are.
     """
 
+    live_logprobs = False  # its own copy and kernels: π_old comes from the trainer's forward
+
     def __init__(
         self,
         gpu_memory_utilization: float = 0.3,
