@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The pinned vLLM environment tests/vllm run in (VLLMRollout), beside the main .venv: vLLM pins
+# The pinned vLLM environment tests/vllm_rollout run in (VLLMRollout), beside the main .venv: vLLM pins
 # its own torch and transformers, so it gets a venv of its own. ~3.5 min, ~2.9 GiB here.
 #   .ci/vllm-venv.sh [VENV]        (default .venv-vllm)
-# then: OMP_NUM_THREADS=1 VENV/bin/python -m pytest -q tests/vllm
+# then: OMP_NUM_THREADS=1 VENV/bin/python -m pytest -q tests/vllm_rollout
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${1:-.venv-vllm}

@@ -44,6 +44,8 @@ def import_vllm():
         import vllm
     except ImportError as error:
         raise ImportError(f"{INSTALL_HINT} ({error})") from error
+    if not hasattr(vllm, "LLM"):  # a directory named vllm on sys.path, not the package
+        raise ImportError(f"{INSTALL_HINT} ('vllm' is {list(getattr(vllm, '__path__', []))})")
     return vllm
 
 

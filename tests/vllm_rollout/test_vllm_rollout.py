@@ -11,7 +11,9 @@ import torch
 from lightning_rlhf.losses import token_logprobs
 from lightning_rlhf.models import LoraOptions, ModelOptions, load_causal_lm, load_tokenizer
 from lightning_rlhf.rollout import HFRollout, SamplingOptions
-from tests.vllm.conftest import next_version
+from tests.vllm_rollout.conftest import NEEDS_VLLM, next_version
+
+pytest.importorskip("vllm.entrypoints.llm", reason=NEEDS_VLLM)
 
 TEXTS = ("Add 2 and 3:", "hello", "The capital of France is")
 

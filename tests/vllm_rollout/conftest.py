@@ -1,4 +1,5 @@
-"""vLLM engine tests: run in a venv with vLLM (.ci/vllm-venv.sh builds it), skipped elsewhere.
+"""VLLMRollout's tests: run in a venv with vLLM (.ci/vllm-venv.sh builds it), skipped elsewhere
+(each module skips itself: a skip in a conftest would stop the whole session).
 
 One engine per test model for the whole session (an engine takes seconds to start and ~1.7 GiB):
 each test first loads its own weights under a new version, so the order of the tests does not
@@ -13,7 +14,7 @@ import os
 
 import pytest
 
-pytest.importorskip("vllm", reason='needs vLLM: pip install "lightning_rlhf[vllm]"')
+NEEDS_VLLM = 'needs vLLM: pip install "lightning_rlhf[vllm]" (or .ci/vllm-venv.sh)'
 
 # in-process engine (seconds to start, not tens), a 1 GiB KV cache on CPU
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")

@@ -10,6 +10,10 @@ import pytest
 import torch
 from cli_runner import read_metrics, run_cli
 
+from tests.vllm_rollout.conftest import NEEDS_VLLM
+
+pytest.importorskip("vllm.entrypoints.llm", reason=NEEDS_VLLM)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
