@@ -158,3 +158,19 @@ def test_sleep_mode_on_cpu_is_a_no_op_said_once(llama_dirs, tok, caplog):
             sample(engine, model, tok, SamplingOptions(4), 1)
     assert sum("cannot sleep on CPU" in r.message for r in caplog.records) == 1
     engine.llm = None
+
+
+def test_top_k_one_and_a_tiny_top_p_sample_the_greedy_response(engines, llama_dirs, tok):
+    engine, model = engines[False], policy(llama_dirs[False], seed=12)
+    version = next_version()
+    _, _, greedy = sample(engine, model, tok, SamplingOptions(10, temperature=0.0), version)
+    for options in (SamplingOptions(10, top_k=1), SamplingOptions(10, top_p=1e-6)):
+        _, _, out = sample(engine, model, tok, options, version)
+        assert torch.equal(out.response_ids, greedy.response_ids)
+
+
+def test_a_group_of_one_prompt_gets_different_samples(engines, llama_dirs, tok):
+    engine, model = engines[False], policy(llama_dirs[False], seed=13)
+    options = SamplingOptions(8, temperature=1.0)  # samples_per_prompt = 4: one prompt repeated
+    _, _, out = sample(engine, model, tok, options, next_version(), texts=["hello"] * 4)
+    assert len({tuple(r) for r in out.response_ids.tolist()}) == 4
