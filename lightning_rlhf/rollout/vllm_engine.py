@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from lightning_rlhf.rollout.base import RolloutEngine
+from lightning_rlhf.rollout.cache import full_parameters
 from lightning_rlhf.rollout.sampling import Generation, SamplingOptions, response_mask
 from lightning_rlhf.rollout.weights import base_causal_lm, buckets, effective_weights
 
@@ -69,7 +70,8 @@ class VLLMRollout(RolloutEngine):
         enforce_eager: no CUDA graphs / torch.compile in the engine: a faster start, a slower
             decode (on CPU the compile takes ~30 s of start-up).
         bucket_mb: the weights go to the engine in files of at most this many MiB; a push
-            holds one on the host at a time while it writes them.
+            holds one bucket of host tensors at a time, its files (in /dev/shm where there is
+            one) add up to the model's size until the engine has read them.
         engine_kwargs: further ``vllm.LLM`` arguments, passed as they are.
     """
 
@@ -128,10 +130,16 @@ class VLLMRollout(RolloutEngine):
 
     def _push(self, model: nn.Module) -> None:
         with tempfile.TemporaryDirectory(prefix="lightning_rlhf_push_", dir=_scratch()) as tmp:
-            paths = _write_buckets(model, Path(tmp), self.bucket_mb << 20)
+            paths = self._export(model, Path(tmp))
             self.llm.collective_rpc("lightning_rlhf_load", args=(paths, self._tied))
         self.llm.reset_prefix_cache()  # cached prefixes hold the old weights' keys and values
         self.pushes += 1
+
+    def _export(self, model: nn.Module, out: Path) -> list[str]:
+        # FSDP / ZeRO-3: the full tensors, gathered once for the push (every rank holds the
+        # whole policy meanwhile, as HFRollout.gather_full_params does; docs/vllm.md)
+        with full_parameters(self.sharded):
+            return _write_buckets(model, out, self.bucket_mb << 20)
 
     def _start(self, model: nn.Module) -> None:
         vllm = import_vllm()
@@ -157,7 +165,7 @@ class VLLMRollout(RolloutEngine):
         kwargs.update(self.engine_kwargs)
         with tempfile.TemporaryDirectory(prefix="lightning_rlhf_policy_", dir=_scratch()) as tmp:
             base.config.save_pretrained(tmp)
-            _write_buckets(model, Path(tmp), self.bucket_mb << 20)
+            self._export(model, Path(tmp))
             self.llm = vllm.LLM(model=tmp, **kwargs)  # weights are read here; tmp can go
         self._scale = None
 

@@ -17,7 +17,7 @@ pytest.importorskip("vllm.entrypoints.llm", reason=NEEDS_VLLM)
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow  # ~1 min alone on 2 cores: the engine starts, two iterations, a validation
+@pytest.mark.slow  # ~40 s on 2 cores: the engine starts, two iterations, a validation
 def test_grpo_cli_trains_with_the_vllm_engine(tmp_path, task_dir):
     from lightning_rlhf.models import export_hf, load_scalar_model, load_tokenizer
 
@@ -55,5 +55,5 @@ def test_grpo_cli_trains_with_the_vllm_engine(tmp_path, task_dir):
     assert len(steps) == 2  # both iterations sampled with the engine and compared it
     for m in steps:
         # π_old is the trainer's forward, not the engine's: a real, fp32-small difference
-        assert 0 < m["rollout/logprob_diff_max"] < 1e-3, m
+        assert 0 < m["rollout/logprob_diff_max"] < 1e-4, m  # ~5e-7 measured
         assert m["rollout/logprob_diff_frac"] == 0 and m["rollout/tokens"] == 64
