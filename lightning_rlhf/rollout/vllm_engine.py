@@ -3,8 +3,9 @@
 The engine is created at the first rollout from the policy's exported weights (a temporary
 directory: config.json and safetensors of the effective weights, LoRA merged) and holds its own
 copy of the policy. Before each rollout the module tells it the weights' version; when that
-changed, the effective weights are pushed, bucket by bucket, through the worker's
-``reload_weights`` (``vllm_worker.WeightSync``), and the prefix cache is reset.
+changed, the effective weights are pushed through the worker's ``reload_weights``
+(``vllm_worker.WeightSync``): tensor by tensor to a worker in this process, in bucket files to
+one in another; then the prefix cache is reset.
 
 Distribution: the engine samples at temperature 1 from logits scaled by 1/T in the model's own
 logits processor, so top-k, top-p and the EOS ban act on softmax(logits / T) and the sampled
@@ -69,9 +70,9 @@ class VLLMRollout(RolloutEngine):
             weights first, then the KV cache. On CPU it is a no-op (logged once).
         enforce_eager: no CUDA graphs / torch.compile in the engine: a faster start, a slower
             decode (on CPU the compile takes ~30 s of start-up).
-        bucket_mb: the weights go to the engine in files of at most this many MiB; a push
-            holds one bucket of host tensors at a time, its files (in /dev/shm where there is
-            one) add up to the model's size until the engine has read them.
+        bucket_mb: to a worker in another process, the weights go in files of at most this
+            many MiB; a push holds one bucket of host tensors at a time, and its files (in
+            /dev/shm where there is one) add up to the model's size until the engine read them.
         engine_kwargs: further ``vllm.LLM`` arguments, passed as they are.
     """
 
@@ -113,6 +114,7 @@ class VLLMRollout(RolloutEngine):
         self.llm = None  # the vllm.LLM, created at the first refresh
         self.pushes = 0  # weight pushes into a running engine (the first load is not one)
         self._tied = False
+        self._in_process = False  # pushes hand the worker tensors (True) or files (False)
         self._scale: float | None = None  # the logit scale factor the engine holds
         self._asleep = False
         self._sleep_noted = False
@@ -129,9 +131,14 @@ class VLLMRollout(RolloutEngine):
             self._push(model)
 
     def _push(self, model: nn.Module) -> None:
-        with tempfile.TemporaryDirectory(prefix="lightning_rlhf_push_", dir=_scratch()) as tmp:
-            paths = self._export(model, Path(tmp))
-            self.llm.collective_rpc("lightning_rlhf_load", args=(paths, self._tied))
+        if self._in_process:  # the worker takes the live tensors, one at a time
+            with full_parameters(self.sharded):
+                weights = effective_weights(model)
+                self.llm.collective_rpc("lightning_rlhf_load_tensors", args=(weights, self._tied))
+        else:
+            with tempfile.TemporaryDirectory(prefix="lightning_rlhf_push_", dir=_scratch()) as tmp:
+                paths = self._export(model, Path(tmp))
+                self.llm.collective_rpc("lightning_rlhf_load", args=(paths, self._tied))
         self.llm.reset_prefix_cache()  # cached prefixes hold the old weights' keys and values
         self.pushes += 1
 
@@ -163,6 +170,11 @@ class VLLMRollout(RolloutEngine):
         if world > 1:  # every rank is one engine of a torchrun-style launch, as TRL colocates
             kwargs["distributed_executor_backend"] = "external_launcher"
         kwargs.update(self.engine_kwargs)
+        # workers in this process: the engine core in-process, and one worker or one per rank
+        self._in_process = os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and (
+            kwargs["tensor_parallel_size"] == 1
+            or kwargs.get("distributed_executor_backend") == "external_launcher"
+        )
         with tempfile.TemporaryDirectory(prefix="lightning_rlhf_policy_", dir=_scratch()) as tmp:
             base.config.save_pretrained(tmp)
             self._export(model, Path(tmp))

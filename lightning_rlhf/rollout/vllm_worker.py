@@ -1,19 +1,21 @@
 """Methods added to every vLLM worker (``worker_extension_cls``), called through
 ``LLM.collective_rpc``: how ``VLLMRollout`` pushes weights and sets the sampling temperature.
 
-They run inside the worker, which may be another process: arguments are file paths and numbers,
-never tensors (``collective_rpc`` turns tensors into lists).
+They run inside the worker. A worker in another process gets file paths and numbers, never
+tensors (``collective_rpc`` then turns tensors into lists); one in the trainer's process is
+handed the tensors themselves.
 
-Weights go through the worker's public ``reload_weights`` with an iterator over safetensors
-files, one file (bucket) in memory at a time. ``model.load_weights`` alone is not enough: the
-CPU backend repacks linear weights for oneDNN after loading, and ``reload_weights`` redoes that
-processing layer by layer. A tied output layer is re-tied to the new input embeddings and
-re-processed: left alone, it keeps serving the old embeddings.
+Weights go through the worker's public ``reload_weights`` with an iterator: over the trainer's
+tensors in-process, over safetensors files (one bucket in memory at a time) otherwise.
+``model.load_weights`` alone is not enough: the CPU backend repacks linear weights for oneDNN
+after loading, and ``reload_weights`` redoes that processing layer by layer. A tied output layer
+is re-tied to the new input embeddings and re-processed: left alone, it keeps serving the old
+embeddings.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from torch import Tensor
 
@@ -22,21 +24,31 @@ class WeightSync:
     """Mixed into vLLM's worker class; ``self.model_runner`` is the worker's."""
 
     def lightning_rlhf_load(self, paths: list[str], retie: bool) -> int:
-        """Load the (name, tensor) pairs of the safetensors files ``paths``, in order, into the
-        model; re-tie the output layer to the input embeddings when ``retie``. Returns the
-        number of tensors loaded."""
+        """Load the (name, tensor) pairs of the safetensors files ``paths``, in order, one file
+        in memory at a time; re-tie the output layer when ``retie``. Returns the tensor count."""
         from safetensors.torch import load_file
 
+        def weights() -> Iterator[tuple[str, Tensor]]:
+            for path in paths:
+                yield from load_file(path).items()
+
+        return self.lightning_rlhf_load_tensors(weights(), retie)
+
+    def lightning_rlhf_load_tensors(
+        self, weights: Iterable[tuple[str, Tensor]], retie: bool
+    ) -> int:
+        """Load (name, tensor) pairs as they come. Only for a worker in the trainer's process
+        (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), where ``collective_rpc`` passes objects as they
+        are: the trainer's tensors then go in without a copy to the host or to files."""
         count = 0
 
-        def weights() -> Iterator[tuple[str, Tensor]]:
+        def counted() -> Iterator[tuple[str, Tensor]]:
             nonlocal count
-            for path in paths:
-                bucket = load_file(path)
-                count += len(bucket)
-                yield from bucket.items()
+            for item in weights:
+                count += 1
+                yield item
 
-        self.model_runner.reload_weights(weights_iterator=weights())
+        self.model_runner.reload_weights(weights_iterator=counted())
         if retie:
             _retie(self.model_runner.get_model())
         return count

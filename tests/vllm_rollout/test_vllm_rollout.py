@@ -109,6 +109,18 @@ def test_after_an_update_the_engine_samples_from_the_new_weights(engines, llama_
     assert engine.pushes == pushes + 1  # one push per new version, none for the same version
 
 
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_pushes_through_files_as_to_a_worker_in_another_process(
+    engines, llama_dirs, tok, monkeypatch, tied
+):
+    engine, model = engines[tied], policy(llama_dirs[tied], seed=14)
+    assert_serves(engine, model, tok, next_version())
+    assert engine._in_process  # the tests' engines run in-process: tensors handed over
+    monkeypatch.setattr(engine, "_in_process", False)  # what a multiprocess engine gets
+    perturb(model, seed=15, adapters_only=False)
+    assert_serves(engine, model, tok, next_version())
+
+
 def test_a_skipped_push_is_caught(engines, llama_dirs, tok, monkeypatch):
     engine, model = engines[True], policy(llama_dirs[True], seed=5)
     assert_serves(engine, model, tok, next_version())
@@ -146,18 +158,20 @@ def test_eos_at_once_and_rows_cut_at_max_new_tokens(engines, llama_dirs, tok):
     assert torch.equal(cut.response_ids, first.response_ids[:, :5]) and cut.response_mask.all()
 
 
-def test_sleep_mode_on_cpu_is_a_no_op_said_once(llama_dirs, tok, caplog):
-    from lightning_rlhf.rollout import VLLMRollout
-
+def test_sleep_mode_on_cpu_is_a_no_op_said_once(engines, llama_dirs, tok, caplog, monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("CPU behaviour")
-    engine = VLLMRollout(dtype="float32", enforce_eager=True, sleep_mode=True)
-    model = policy(llama_dirs[False], seed=11)
+    # the session's engine: freeing an engine in-process tears down vLLM's process groups,
+    # which every engine of the process shares
+    engine, model = engines[False], policy(llama_dirs[False], seed=11)
+    monkeypatch.setattr(engine, "sleep_mode", True)
+    monkeypatch.setattr(engine, "_sleep_noted", False)
+    version = next_version()
     with caplog.at_level(logging.INFO, logger="lightning_rlhf.rollout.vllm_engine"):
         for _ in range(2):
-            sample(engine, model, tok, SamplingOptions(4), 1)
+            _, _, out = sample(engine, model, tok, SamplingOptions(4), version)
+            assert out.response_ids.shape[0] == 3
     assert sum("cannot sleep on CPU" in r.message for r in caplog.records) == 1
-    engine.llm = None
 
 
 def test_top_k_one_and_a_tiny_top_p_sample_the_greedy_response(engines, llama_dirs, tok):
