@@ -1,5 +1,5 @@
-"""configs/grpo.yaml through the real CLI with ``model.rollout: VLLMRollout``: two iterations
-train, and the engine/trainer mismatch is logged every iteration."""
+"""configs/grpo.yaml and configs/ppo.yaml through the real CLI with ``model.rollout:
+VLLMRollout``: two iterations train, and the engine/trainer mismatch is logged every iteration."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ pytest.importorskip("vllm.entrypoints.llm", reason=NEEDS_VLLM)
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow  # ~40 s on 2 cores: the engine starts, two iterations, a validation
-def test_grpo_cli_trains_with_the_vllm_engine(tmp_path, task_dir):
+@pytest.mark.slow  # ~40 s each on 2 cores: the engine starts, two iterations, a validation
+@pytest.mark.parametrize("stage, group", [("grpo", 4), ("ppo", 2)])  # ppo: GAE with a critic
+def test_rl_cli_trains_with_the_vllm_engine(tmp_path, task_dir, stage, group):
     from lightning_rlhf.models import export_hf, load_scalar_model, load_tokenizer
 
     # hidden 128, 4 heads: vLLM's CPU attention needs heads of at least 32
@@ -35,12 +36,14 @@ def test_grpo_cli_trains_with_the_vllm_engine(tmp_path, task_dir):
         "init_args": {"dtype": "float32", "enforce_eager": True},
     }
     run_cli(
-        "fit", "--config", str(ROOT / "configs/grpo.yaml"),
+        "fit", "--config", str(ROOT / f"configs/{stage}.yaml"),
         "--model.model_name_or_path", "policy",
+        *(["--model.critic_name_or_path", "rm"] if stage == "ppo" else []),
         "--model.reward", json.dumps(reward),
         "--model.rollout", json.dumps(engine),
         "--model.sampling.max_new_tokens", "4", "--model.eval_sampling.max_new_tokens", "4",
-        "--model.ppo.ppo_epochs", "1", "--model.ppo.samples_per_prompt", "4",
+        "--model.ppo.ppo_epochs", "1", "--model.ppo.num_minibatches", "1",
+        "--model.ppo.samples_per_prompt", str(group),
         "--data.train_path", str(task_dir / "prompts_train.jsonl"),
         "--data.val_path", str(task_dir / "prompts_val.jsonl"),
         "--data.num_val_prompts", "4", "--data.batch_size", "4",
@@ -56,4 +59,5 @@ def test_grpo_cli_trains_with_the_vllm_engine(tmp_path, task_dir):
     for m in steps:
         # π_old is the trainer's forward, not the engine's: a real, fp32-small difference
         assert 0 < m["rollout/logprob_diff_max"] < 1e-4, m  # ~5e-7 measured
-        assert m["rollout/logprob_diff_frac"] == 0 and m["rollout/tokens"] == 64
+        assert m["rollout/logprob_diff_frac"] == 0
+        assert m["rollout/tokens"] == 4 * group * 4  # prompts x group x max_new_tokens
