@@ -184,7 +184,8 @@ class PPOModule(PolicyModule):
         nan_policy: a non-finite loss, reward or advantage stops the run ("raise") or skips the
             iteration with a warning ("skip"); checkpoints are never written from it.
         rollout: the engine that samples rollouts and validation answers: ``HFRollout`` (None,
-            the default) or ``PagedRollout``, by class_path (docs/rollout.md).
+            the default), ``PagedRollout`` or ``VLLMRollout`` (its own copy of the policy, sent
+            the weights after every update: docs/vllm.md), by class_path (docs/rollout.md).
     """
 
     def __init__(
