@@ -327,3 +327,60 @@ def dpo_loss(
             "rejected_logratio": rejected_logratio.mean(),
         }
     return loss, stats
+
+
+def logprob_mismatch(
+    engine_logprobs: Tensor, trainer_logprobs: Tensor, mask: Tensor, threshold: float = 0.1
+) -> dict[str, Tensor]:
+    """How far the rollout engine's log-probs of the sampled tokens are from the trainer's.
+
+    ``d = |engine_logprobs - trainer_logprobs|`` on the valid tokens; ``logprob_diff_mean`` =
+    masked mean of d, ``logprob_diff_max`` = its max (0 without valid tokens),
+    ``logprob_diff_frac`` = share of valid tokens with d > ``threshold``. All detached, float32.
+
+    Args:
+        engine_logprobs: (B, T) log μ(y_t), what the engine sampled with.
+        trainer_logprobs: (B, T) log π_old(y_t), the trainer's forward of the same tokens.
+        mask: (B, T) 1 for valid tokens.
+    """
+    with torch.no_grad():
+        mask = mask.float()
+        d = (engine_logprobs.float() - trainer_logprobs.float()).abs() * mask  # (B, T)
+        return {
+            "logprob_diff_mean": masked_mean(d, mask),
+            "logprob_diff_max": d.max() if d.numel() else d.new_zeros(()),
+            "logprob_diff_frac": masked_mean((d > threshold).float(), mask),
+        }
+
+
+def truncated_importance_weights(
+    trainer_logprobs: Tensor, engine_logprobs: Tensor, mask: Tensor, cap: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Truncated importance sampling (TIS) for tokens drawn by an engine whose distribution μ
+    differs slightly from the trainer's π_old: per-token weights for the policy loss.
+
+    ``w_t = min(exp(log π_old(y_t) - log μ(y_t)), cap)`` on valid tokens, 0 elsewhere; detached.
+    The PPO loss term of each token is multiplied by ``w_t`` before the masked mean, which
+    corrects the gradient for sampling from μ instead of π_old (the cap bounds its variance).
+
+    Args:
+        trainer_logprobs: (B, T) log π_old(y_t) from the trainer's forward.
+        engine_logprobs: (B, T) log μ(y_t) from the engine that sampled y.
+        mask: (B, T) 1 for valid tokens.
+        cap: C > 0, the largest weight.
+
+    Returns:
+        ``(weights, stats)``: weights (B, T) float32; stats ``is_weight_mean`` (masked mean of
+        w) and ``is_capped_frac`` (share of valid tokens whose ratio exceeded the cap).
+    """
+    if cap <= 0:
+        raise ValueError(f"the importance-sampling cap must be > 0, got {cap}")
+    with torch.no_grad():
+        mask = mask.float()
+        ratio = torch.exp(trainer_logprobs.float() - engine_logprobs.float())  # (B, T)
+        weights = ratio.clamp(max=cap) * mask
+        stats = {
+            "is_weight_mean": masked_mean(weights, mask),
+            "is_capped_frac": masked_mean((ratio > cap).float(), mask),
+        }
+    return weights, stats

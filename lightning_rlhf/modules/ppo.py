@@ -38,7 +38,13 @@ from lightning_rlhf.advantages import (
     masked_whiten,
     penalized_rewards,
 )
-from lightning_rlhf.losses import entropy_from_logits, ppo_policy_loss, token_logprobs, value_loss
+from lightning_rlhf.losses import (
+    entropy_from_logits,
+    logprob_mismatch,
+    ppo_policy_loss,
+    token_logprobs,
+    value_loss,
+)
 from lightning_rlhf.models import (
     LoraOptions,
     ModelOptions,
@@ -91,11 +97,12 @@ class PPOOptions:
         samples_per_prompt: responses sampled per prompt in each rollout (the group size of
             ``GroupRelative`` and ``LeaveOneOut``).
         reuse_sampling_logprobs: π_old's log-probs are those the sampler computed from the logits
-            it drew from (no second forward over the rollout for them). The cached one-token
-            forwards round differently from a full forward (fp32 ~1e-6, bf16 ~1e-2 per token), so
-            the first ratio is near 1 and the KL to an identical πref near 0, not exactly; False
-            recomputes π_old in one full forward for exact values (worth it under bf16). A value
-            head on the policy's trunk needs that forward anyway and uses it.
+            it drew from (no second forward over the rollout for them), when the engine samples
+            with the trainer's module (not ``VLLMRollout``). The cached one-token forwards round
+            differently from a full forward (fp32 ~1e-6, bf16 ~1e-2 per token), so the first ratio
+            is near 1 and the KL to an identical πref near 0, not exactly; False recomputes π_old
+            in one full forward for exact values (worth it under bf16). A value head on the
+            policy's trunk needs that forward anyway and uses it.
     """
 
     ppo_epochs: int = 4
@@ -179,7 +186,8 @@ class PPOModule(PolicyModule):
         max_consecutive_skips: under ``nan_policy: skip``, this many iterations or minibatches
             skipped in a row stop the run with an error naming what was non-finite, how often.
         rollout: the engine that samples rollouts and validation answers: ``HFRollout`` (None,
-            the default) or ``PagedRollout``, by class_path (docs/rollout.md).
+            the default), ``PagedRollout`` or ``VLLMRollout`` (its own copy of the policy, sent
+            the weights after every update: docs/vllm.md), by class_path (docs/rollout.md).
     """
 
     def __init__(
@@ -414,7 +422,7 @@ class PPOModule(PolicyModule):
         partial = Rollout(query_ids, query_mask, response_ids, response_mask, *([None] * 7))
         was_training = self.model.training
         self.model.eval()  # no dropout in these forwards: the sampler's ran in eval mode too
-        if self.ppo.reuse_sampling_logprobs and not self._value_head_on_policy:
+        if self._reuses_sampling_logprobs():
             logprobs, states = generation.logprobs, None
         else:
             logits, states = self._policy_outputs(
@@ -448,9 +456,25 @@ class PPOModule(PolicyModule):
             "kl": kl,
             "time/generation": t1 - t0,
             "time/scoring": t2 - t1,
-            "rollout": rollout_metrics(generation, t1 - t0, self.sampling.max_new_tokens, eos),
+            "rollout": {
+                **rollout_metrics(generation, t1 - t0, self.sampling.max_new_tokens, eos),
+                # the engine's log-probs against π_old (all 0 when π_old is the engine's)
+                **{
+                    f"rollout/{k}": v
+                    for k, v in logprob_mismatch(generation.logprobs, logprobs, mask).items()
+                },
+            },
         }
         return rollout, info
+
+    def _reuses_sampling_logprobs(self) -> bool:
+        # an engine with its own weights and kernels (vLLM) is not π_old: its log-probs are
+        # compared with π_old (rollout/logprob_diff_*), not used as it
+        return (
+            self.ppo.reuse_sampling_logprobs
+            and self.rollout.live_logprobs
+            and not self._value_head_on_policy
+        )
 
     # ----------------------------------------------------------------------------- update
     def _loss(self, r: Rollout, idx: Tensor) -> tuple[Tensor, dict[str, Tensor]]:

@@ -3,8 +3,11 @@ validation answers, ``evaluate``), chosen by ``class_path`` (``model.rollout``).
 
 - ``HFRollout`` (the default): the policy's own forward in a KV-cached loop.
 - ``PagedRollout``: transformers' continuous batching (paged attention).
+- ``VLLMRollout``: a colocated vLLM engine holding its own copy of the policy, pushed the
+  weights after every update (optional extra ``lightning_rlhf[vllm]``; imported lazily).
 
-Both read the live module, return the same ``Generation`` and pass the conformance suite.
+All return the same ``Generation`` and pass the conformance suite; the first two read the live
+module.
 """
 
 from lightning_rlhf.rollout.base import RolloutEngine
@@ -20,12 +23,14 @@ from lightning_rlhf.rollout.sampling import (
     tempered,
     uniforms,
 )
+from lightning_rlhf.rollout.vllm_engine import VLLMRollout
 
 __all__ = [
     "Generation",
     "HFRollout",
     "PagedRollout",
     "RolloutEngine",
+    "VLLMRollout",
     "SamplingOptions",
     "decode_responses",
     "generate",

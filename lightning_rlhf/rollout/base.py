@@ -32,6 +32,10 @@ class RolloutEngine(ABC):
     The conformance suite (tests/unit/test_rollout_conformance.py) holds each engine to this.
     """
 
+    # the log-probs come from the trainer's own module (equal to its forward up to rounding);
+    # False for an engine with its own copy and kernels: PPO then takes π_old from its forward
+    live_logprobs = True
+
     def __init__(self) -> None:
         self.model: nn.Module | None = None
         self.eos_token_id = -1

@@ -310,3 +310,32 @@ def test_value_loss_unclipped() -> None:
     close(loss, 0.5 * (0.25 + 0.25 + 0.81) / 3)
     assert stats["value_clipfrac"].item() == 0.0
     assert all(v.dim() == 0 and not v.requires_grad for v in stats.values())
+
+
+def test_logprob_mismatch_by_hand():
+    from lightning_rlhf.losses import logprob_mismatch
+
+    engine = torch.tensor([[-1.0, -2.0, -0.5], [-0.25, -9.0, 0.0]])
+    trainer = torch.tensor([[-1.05, -2.5, -0.5], [-0.3125, -1.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])  # -9 vs -1 is off the mask: not counted
+    stats = logprob_mismatch(engine, trainer, mask)
+    # |d| on the mask: 0.05, 0.5, 0, 0.0625 -> mean 0.153125, max 0.5; over 0.1: only the 0.5
+    torch.testing.assert_close(stats["logprob_diff_mean"], torch.tensor(0.153125))
+    torch.testing.assert_close(stats["logprob_diff_max"], torch.tensor(0.5))
+    torch.testing.assert_close(stats["logprob_diff_frac"], torch.tensor(0.25))
+
+
+def test_truncated_importance_weights_by_hand():
+    from lightning_rlhf.losses import truncated_importance_weights
+
+    trainer = torch.tensor([[math.log(0.5), math.log(0.9), math.log(0.2)]])
+    engine = torch.tensor([[math.log(0.25), math.log(0.9), math.log(0.4)]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    # ratios π_old/μ: 2.0, 1.0, 0.5 (off the mask); cap 1.5 -> weights 1.5, 1.0, 0
+    weights, stats = truncated_importance_weights(trainer, engine, mask, cap=1.5)
+    torch.testing.assert_close(weights, torch.tensor([[1.5, 1.0, 0.0]]))
+    torch.testing.assert_close(stats["is_weight_mean"], torch.tensor(1.25))
+    torch.testing.assert_close(stats["is_capped_frac"], torch.tensor(0.5))
+    assert not weights.requires_grad
+    with pytest.raises(ValueError, match="cap"):
+        truncated_importance_weights(trainer, engine, mask, cap=0.0)

@@ -742,8 +742,12 @@ def test_pi_old_from_the_sampler_skips_a_forward_and_equals_it(tiny_model_dir, t
 
     module._policy_outputs = counted
     torch.manual_seed(0)
-    rollout, _ = module.make_rollout(next(iter(data.train_dataloader())))
+    rollout, info = module.make_rollout(next(iter(data.train_dataloader())))
     assert policy_forwards.count(True) == (0 if reuse else 1)  # the reference's forward stays
+    # the engine/trainer mismatch is logged: rounding apart here (HFRollout is the trainer's model)
+    mismatch = info["rollout"]["rollout/logprob_diff_max"]
+    assert (mismatch == 0) if reuse else (0 <= mismatch < 1e-5)
+    assert info["rollout"]["rollout/logprob_diff_frac"] == 0
     module.model.eval()
     with torch.no_grad():
         idx = torch.arange(rollout.response_ids.shape[0])
