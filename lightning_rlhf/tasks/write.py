@@ -16,6 +16,10 @@ from lightning_rlhf.tasks.suite import corrupt, demonstrate, sample_problems
 # rows per split; the val split is drawn from problems disjoint from train
 SIZES = {"train": {"sft": 20000, "pref": 10000, "prompts": 4000}, "val": 500}
 KINDS = ("sft", "pref", "prompts")
+OUTPUTS = {f"{k}_{s}.jsonl" for k in KINDS for s in ("train", "val")} | {
+    "rewardbench_val.jsonl",
+    "rewardbench2_val.jsonl",
+}
 
 
 def _size(split: str, kind: str, scale: float) -> int:
@@ -31,6 +35,24 @@ def _write_jsonl(path: Path, rows: Iterable[dict], bar: tqdm) -> int:
             n += 1
             bar.update()
     return n
+
+
+def _check_target(path: Path) -> None:
+    """``make-data`` replaces its directory whole: only an absent or empty one, or an earlier
+    ``make-data`` output (nothing but the files it writes), may be replaced."""
+    path = path.absolute()
+    if not path.exists():
+        return
+    if not path.is_dir() or path.is_symlink():
+        raise FileExistsError(f"make-data: {path} is not a directory; choose another out_dir")
+    if Path.cwd().resolve().is_relative_to(path.resolve()):
+        raise FileExistsError(f"make-data: {path} is the working directory or holds it")
+    foreign = sorted(e.name for e in path.iterdir() if e.name not in OUTPUTS)
+    if foreign:
+        raise FileExistsError(
+            f"make-data: {path} holds files it did not write ({', '.join(foreign[:5])}); it "
+            "replaces its directory whole, so nothing was written: choose another out_dir"
+        )
 
 
 def _distinct_wrong(problem, rng: random.Random, k: int) -> list[str]:
@@ -89,7 +111,7 @@ def write_task_data(
         file=sys.stderr,
         disable=not progress,
     )
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, guard=_check_target) as tmp:
         for split, held_out in (("train", False), ("val", True)):
             for offset, kind in enumerate(KINDS):
                 n = sizes[split, kind]

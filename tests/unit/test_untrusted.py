@@ -261,6 +261,22 @@ def test_no_class_path_is_resolved_from_a_data_file():
     assert found == ALLOWED
 
 
+def test_make_data_replaces_only_its_own_output(tmp_path):
+    """make-data into a directory of user files -> refused, naming it; the files untouched"""
+    from lightning_rlhf.tasks import write_task_data
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        write_task_data(mine, seed=1, scale=0.001, progress=False)
+    assert (mine / "notes.txt").read_text() == "keep me"
+    out = tmp_path / "task"
+    write_task_data(out, seed=1, scale=0.001, progress=False)
+    write_task_data(out, seed=2, scale=0.001, progress=False)  # its own output: replaced
+    assert (out / "prompts_val.jsonl").exists()
+
+
 # ------------------------------------------------------------------------------- 3. pickles
 def test_a_lora_adapter_of_pickled_weights_is_refused(tiny_model_dir, tmp_path):
     """LoRA adapter directory with a pickled `adapter_model.bin` -> refused like other pickles; never run"""
