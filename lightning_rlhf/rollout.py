@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from lightning_rlhf.models import padded_positions
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplingOptions:
     """How responses are sampled.
 
