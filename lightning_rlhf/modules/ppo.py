@@ -85,6 +85,8 @@ class PPOModule(PolicyModule):
             None: ``GAE()``.
         policy_loss: the policy-gradient loss and its aggregation over the minibatch:
             ``ClippedSurrogate`` (PPO's, with dual-clip) or ``GSPO``; None: ``ClippedSurrogate()``.
+            The value loss and a KL loss term stay token means of each micro-batch, weighted by
+            its rows.
         kl: the KL penalty to πref: β's controller, the estimator and where it goes (reward or
             loss); None: ``KLPenalty()`` (fixed β 0.05, k1, in the reward).
         shaping: clipping and missing-EOS penalty applied to the scores.
