@@ -132,8 +132,8 @@ module = PPOModule(
 loss_fn, calls = module._loss, []
 
 
-def poisoned(r, idx):  # rank 1's third minibatch loss is NaN
-    loss, stats = loss_fn(r, idx)
+def poisoned(r, idx, *minibatch):  # rank 1's third minibatch loss is NaN
+    loss, stats = loss_fn(r, idx, *minibatch)
     calls.append(1)
     if len(calls) == 3 and module.global_rank == 1:
         loss = loss * float("nan")
