@@ -64,6 +64,31 @@ class RLHFCLI(LightningCLI):
 
     before_fit = before_validate = before_test = before_predict = _load_checkpoints_safely
 
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads --ckpt_path's hyperparameters into the config here, with no public hook
+        # to adapt them: this is its own code, with a PPO checkpoint saved before the critic, KL
+        # penalty and policy loss became components upgraded first (it then resumes)
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not (ckpt_path and Path(ckpt_path).is_file()):
+            return
+        import torch
+
+        from lightning_rlhf.modules.ppo_options import upgrade_hparams
+
+        ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+        hparams = upgrade_hparams(ckpt.get("hyper_parameters", {}))
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write(f"the hyperparameters of --ckpt_path {ckpt_path} do not parse\n")
+            raise
+
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's own plugin

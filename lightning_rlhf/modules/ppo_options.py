@@ -4,7 +4,8 @@ components of their own (critics.py, kl.py, policy_losses.py, advantages.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any
 
 from torch import Tensor
 
@@ -77,3 +78,26 @@ class RewardShaping:
         if self.missing_eos_penalty is not None:
             scores = scores - self.missing_eos_penalty * no_eos.float()
         return scores
+
+
+# fields of PPOModule that a checkpoint saved before its critic, KL penalty and policy loss became
+# components holds in its hyperparameters; the components are not hyperparameters (the config
+# gives them, as it does to a checkpoint of today)
+_GONE = ("critic_name_or_path", "critic_lora", "kl_estimator", "kl_penalty")
+_RENAMED = {"log_samples_every_n_steps": "log_samples_every_n_iterations"}
+
+
+def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
+    """A PPOModule checkpoint's hyperparameters as today's module reads them: the fields that
+    became components dropped, renamed ones renamed, ``ppo.clip_range`` (now
+    ``policy_loss.clip_range``) dropped from ``ppo``. Those of other modules, or of a checkpoint
+    of today, are returned unchanged."""
+    if not str(hparams.get("_class_path", "")).endswith("PPOModule"):
+        return hparams
+    out = {_RENAMED.get(k, k): v for k, v in hparams.items() if k not in _GONE}
+    ppo = out.get("ppo")
+    names = {f.name for f in fields(PPOOptions)}
+    if is_dataclass(ppo) or isinstance(ppo, dict):
+        values = vars(ppo) if is_dataclass(ppo) else ppo
+        out["ppo"] = {k: v for k, v in values.items() if k in names}  # as a config gives it
+    return out

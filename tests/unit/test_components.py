@@ -111,3 +111,21 @@ def test_group_relative_sample_std_divides_by_g_minus_one():
     torch.testing.assert_close(sample, torch.tensor(expected_s), atol=ATOL, rtol=0)
     with pytest.raises(ValueError, match="advantage.std must be"):
         GroupRelative(std="unbiased")
+
+
+def test_hyperparameters_of_a_checkpoint_from_before_the_components_are_upgraded():
+    """What a PPO checkpoint saved before the components holds (--ckpt_path parses it)."""
+    from lightning_rlhf.modules.ppo_options import upgrade_hparams
+
+    old = {
+        "_class_path": "lightning_rlhf.PPOModule", "critic_name_or_path": "artifacts/rm",
+        "critic_lora": None, "kl_estimator": "k1", "kl_penalty": "reward",
+        "log_samples_every_n_steps": 50, "ppo": {"ppo_epochs": 2, "clip_range": 0.2},
+    }  # fmt: skip
+    assert upgrade_hparams(old) == {
+        "_class_path": "lightning_rlhf.PPOModule",
+        "log_samples_every_n_iterations": 50,
+        "ppo": {"ppo_epochs": 2},
+    }
+    sft = {"_class_path": "lightning_rlhf.SFTModule", "kl_estimator": "kept"}
+    assert upgrade_hparams(sft) is sft  # other modules' are left alone
