@@ -1,5 +1,5 @@
 """PPO with a LoRA policy: memory with the critic and the reward as models of their own, against
-them as further LoRA adapters on the policy's base (``critic_lora``, ``RewardAdapter``).
+them as further LoRA adapters on the policy's base (``LoraCritic``, ``RewardAdapter``).
 
     .venv/bin/python benchmarks/ppo_memory.py      # llama-25m, 2 iterations per layout (~1 min)
 
@@ -42,6 +42,7 @@ def run(layout: str, model: str) -> dict:
     import torch
 
     from lightning_rlhf.advantages import GAE
+    from lightning_rlhf.critics import LoraCritic, ScalarModelCritic
     from lightning_rlhf.data.prompts import PromptDataModule
     from lightning_rlhf.models import LoraOptions, ModelOptions
     from lightning_rlhf.modules.ppo import PPOModule, PPOOptions
@@ -59,14 +60,13 @@ def run(layout: str, model: str) -> dict:
     module = PPOModule(
         str(root / "policy"),
         reward=reward,
-        critic_name_or_path=str(root / "rm"),
-        critic_lora=lora if layout != "model" else None,
+        critic=LoraCritic(lora) if layout != "model" else ScalarModelCritic(str(root / "rm")),
         model=ModelOptions(lora=lora),
         optimizer=partial(torch.optim.AdamW, lr=1e-5, weight_decay=0.0),
         sampling=SamplingOptions(max_new_tokens=16),
         ppo=PPOOptions(ppo_epochs=1, num_minibatches=2),
         advantage=GAE(),
-        log_samples_every_n_steps=0,
+        log_samples_every_n_iterations=0,
     )
     data = PromptDataModule(
         str(root / "data" / "prompts.jsonl"), None, str(root / "policy"), val_fraction=0.0,

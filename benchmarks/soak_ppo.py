@@ -74,7 +74,14 @@ def soak(args: argparse.Namespace, work: Path) -> dict:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
-    from lightning_rlhf import AdaptiveKLController, PPOModule, PromptDataModule, RewardModel
+    from lightning_rlhf import (
+        AdaptiveKLController,
+        KLPenalty,
+        PPOModule,
+        PromptDataModule,
+        RewardModel,
+        ScalarModelCritic,
+    )
     from lightning_rlhf.modules.ppo import PPOOptions
     from lightning_rlhf.rewards import TaskOracle
     from lightning_rlhf.rollout import SamplingOptions
@@ -87,12 +94,12 @@ def soak(args: argparse.Namespace, work: Path) -> dict:
     module = PPOModule(
         policy,
         reward=RewardModel(rm_dir),
-        critic_name_or_path=rm_dir,
+        critic=ScalarModelCritic(rm_dir),
         sampling=SamplingOptions(max_new_tokens=8),
         ppo=ppo,
-        kl_controller=AdaptiveKLController(init_beta=0.05, target=0.5, horizon=1000),
+        kl=KLPenalty(AdaptiveKLController(init_beta=0.05, target=0.5, horizon=1000)),
         oracle=TaskOracle(),
-        log_samples_every_n_steps=25,
+        log_samples_every_n_iterations=25,
     )
     data = PromptDataModule(
         train_path=str(task / "prompts_train.jsonl"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -294,14 +295,19 @@ def _check_groups(scores: Tensor, group_size: int, min_size: int) -> None:
 
 
 def group_advantages(
-    scores: Tensor, group_size: int, normalize_std: bool = True, eps: float = 1e-6
+    scores: Tensor,
+    group_size: int,
+    normalize_std: bool = True,
+    eps: float = 1e-6,
+    unbiased: bool = False,
 ) -> Tensor:
     """GRPO advantages (Shao et al. 2024): score relative to its group of G completions.
 
     With ``s`` reshaped to (B/G, G), one row per prompt:
     ``A = (s - mean_g(s)) / (std_g(s) + eps)`` if ``normalize_std`` else ``A = s - mean_g(s)``.
-    ``std_g`` is the *population* standard deviation (``unbiased=False``, divide by G), so
-    G = 1 is well defined (A = 0); note TRL's GRPO uses the sample std (divide by G - 1).
+    ``std_g`` is the *population* standard deviation by default (divide by G), so G = 1 is
+    well defined (A = 0); ``unbiased=True`` takes the sample std (divide by G - 1), as TRL's and
+    verl's GRPO do: the advantages are then smaller by sqrt((G - 1) / G).
     The statistics are taken in float64, and a group whose std is rounding noise
     (:func:`zero_spread`) gets A = 0 exactly: so does every group of identical scores.
 
@@ -310,6 +316,7 @@ def group_advantages(
         group_size: G, completions per prompt; must divide B.
         normalize_std: divide by the group std.
         eps: added to the std.
+        unbiased: the sample std (G - 1) instead of the population std (G).
 
     Returns:
         (B,) advantages, in ``scores``' dtype.
@@ -320,7 +327,7 @@ def group_advantages(
     adv = g64 - g64.mean(dim=1, keepdim=True)
     std = g64.std(dim=1, unbiased=False, keepdim=True)  # (B/G, 1)
     if normalize_std:
-        adv = adv / (std + eps)
+        adv = adv / (g64.std(dim=1, unbiased=unbiased, keepdim=True) + eps)
     adv = torch.where(zero_spread(std, grouped, dim=1), 0.0, adv)
     return adv.to(scores.dtype).reshape(-1)
 
@@ -416,18 +423,30 @@ class GroupRelative(AdvantageEstimator):
             mean-centred return (Dr. GRPO, Liu et al. 2025), which does not up-weight groups
             whose responses barely differ.
         eps: added to the standard deviation.
+        std: the group's "population" standard deviation (divide by G; the default, which the
+            shipped configs' numbers were measured with) or its "sample" one (divide by G − 1,
+            as TRL and verl do). The choice rescales every advantage by the same factor
+            sqrt(G / (G − 1)) (1.07 for groups of 8), which the learning rate absorbs.
     """
 
     min_group_size = 2
 
-    def __init__(self, scale_by_std: bool = True, eps: float = 1e-6) -> None:
-        self.scale_by_std, self.eps = scale_by_std, eps
+    def __init__(
+        self,
+        scale_by_std: bool = True,
+        eps: float = 1e-6,
+        std: Literal["population", "sample"] = "population",
+    ) -> None:
+        if std not in ("population", "sample"):
+            raise ValueError(f"advantage.std must be 'population' or 'sample', got {std!r}")
+        self.scale_by_std, self.eps, self.std = scale_by_std, eps, std
 
     def __call__(
         self, rewards: Tensor, values: Tensor, mask: Tensor, group_size: int
     ) -> tuple[Tensor, Tensor]:
         returns = masked_fill_zero(rewards, mask).sum(1)  # (B,)
-        adv = group_advantages(returns, group_size, self.scale_by_std, self.eps)
+        unbiased = self.std == "sample"
+        adv = group_advantages(returns, group_size, self.scale_by_std, self.eps, unbiased)
         return _sequence_advantages(adv, returns, mask)
 
 

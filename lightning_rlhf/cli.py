@@ -59,19 +59,25 @@ class RLHFCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         """Lightning's merge of a ``--ckpt_path`` checkpoint's hyperparameters over the parsed
-        config (the config a run is resumed with), refusing a checkpoint whose hyperparameters
-        would change which code runs or where the weights come from (:func:`ckpt_overrides`):
-        those are the config's to say, and what ``--print_config`` shows is what runs."""
+        config (the config a run is resumed with; Lightning has no public hook for it), refusing
+        a checkpoint whose hyperparameters would change which code runs or where the weights
+        come from (:func:`ckpt_overrides`): those are the config's to say, and what
+        ``--print_config`` shows is what runs."""
         import torch
 
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path or not Path(ckpt_path).is_file():
             return
+        from lightning_rlhf.modules.ppo_options import upgrade_hparams
+
         ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
         hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else None
         if not isinstance(hparams, dict):
             raise ValueError(f"--ckpt_path {ckpt_path} is not a Lightning checkpoint")
+        # a PPO checkpoint saved before its critic, KL penalty and policy loss became components:
+        # the fields that became components dropped (the config gives those), renamed ones renamed
+        hparams = upgrade_hparams(hparams)
         hparams.pop("_instantiator", None)
         if not hparams:
             return

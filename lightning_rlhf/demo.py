@@ -12,17 +12,22 @@ import sys
 import time
 from pathlib import Path
 
-# (stage, config, policy evaluated after it: None for the reward model)
+# (stage, configs read in order, policy evaluated after it: None for the reward model)
 STAGES = [
-    ("sft", "configs/sft.yaml", "artifacts/sft"),
-    ("reward", "configs/reward.yaml", None),
-    ("ppo", "configs/ppo.yaml", "artifacts/ppo"),
+    ("sft", ["configs/sft.yaml"], "artifacts/sft"),
+    ("reward", ["configs/reward.yaml"], None),
+    ("ppo", ["configs/ppo.yaml"], "artifacts/ppo"),
     # the other methods, each from the SFT export on the same data (the README's method table:
-    # python -m lightning_rlhf demo --stages sft,reward,ppo,grpo,rloo,dpo,grpo_verifiable)
-    ("grpo", "configs/grpo.yaml", "artifacts/grpo"),
-    ("rloo", "configs/rloo.yaml", "artifacts/rloo"),
-    ("dpo", "configs/dpo.yaml", "artifacts/dpo"),
-    ("grpo_verifiable", "configs/grpo_verifiable.yaml", "artifacts/grpo_verifiable"),
+    # python -m lightning_rlhf demo --stages sft,reward,ppo,grpo,rloo,dpo,grpo_verifiable); the
+    # RL ones are overlays of configs/ppo.yaml
+    ("grpo", ["configs/ppo.yaml", "configs/grpo.yaml"], "artifacts/grpo"),
+    ("rloo", ["configs/ppo.yaml", "configs/rloo.yaml"], "artifacts/rloo"),
+    ("dpo", ["configs/dpo.yaml"], "artifacts/dpo"),
+    (
+        "grpo_verifiable",
+        ["configs/ppo.yaml", "configs/grpo_verifiable.yaml"],
+        "artifacts/grpo_verifiable",
+    ),
 ]
 DEFAULT_STAGES = "sft,reward,ppo"
 
@@ -54,20 +59,19 @@ def main(argv: list[str] | None = None) -> dict:
         _run([py, "-m", "lightning_rlhf", "make-data", "artifacts/task"])
     scores = {"base": evaluate_policy("artifacts/tiny-base", "artifacts/task/prompts_val.jsonl")}
     times: dict[str, float] = {}
-    for stage, config, policy in STAGES:
+    for stage, configs, policy in STAGES:
         if stage not in wanted:
             continue
         start = time.perf_counter()
-        _run([py, "-m", "lightning_rlhf", "fit", "--config", config])
+        _run([py, "-m", "lightning_rlhf", "fit", *(a for c in configs for a in ("--config", c))])
         times[stage] = time.perf_counter() - start
         if policy is not None:
             scores[stage] = evaluate_policy(policy, "artifacts/task/prompts_val.jsonl")
     summary: dict = {"oracle_score": scores, "seconds": times}
     if "ppo" in times and Path("artifacts/ppo/ppo_stats.json").exists():
         last = json.loads(Path("artifacts/ppo/ppo_stats.json").read_text())
-        summary["ppo_last_iteration"] = {
-            k: last.get(f"train/{k}") for k in ("kl", "kl_k3", "beta", "reward")
-        }
+        keys = {"kl": "kl_k1", "kl_k3": "kl_k3", "beta": "beta", "reward": "reward"}
+        summary["ppo_last_iteration"] = {k: last.get(f"train/{v}") for k, v in keys.items()}
     if "reward" in times:
         stats = json.loads(Path("artifacts/rm/reward_stats.json").read_text())
         summary["reward_accuracy"] = stats.get("val_accuracy")

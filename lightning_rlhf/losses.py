@@ -13,6 +13,9 @@ from torch import Tensor
 
 from lightning_rlhf.advantages import masked_mean
 
+# PPO's policy-gradient losses live in policy_losses.py; ppo_policy_loss is also read from here
+from lightning_rlhf.policy_losses import ppo_policy_loss  # noqa: F401
+
 _IGNORE_INDEX = -100
 
 
@@ -149,51 +152,6 @@ def bradley_terry_loss(
         "chosen_reward": chosen.mean().detach(),
         "rejected_reward": rejected.mean().detach(),
     }
-    return loss, stats
-
-
-def ppo_policy_loss(
-    logprobs: Tensor,
-    old_logprobs: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    clip_range: float,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """PPO clipped surrogate objective (Schulman et al. 2017), as a loss to minimise.
-
-    ``ratio = exp(logprobs - old_logprobs)`` and
-    ``loss = masked_mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)))``.
-    ``old_logprobs`` and ``advantages`` are detached. Computed in float32.
-
-    Args:
-        logprobs: (B, T) log-probs under the current policy (with grad).
-        old_logprobs: (B, T) log-probs under the policy that sampled the tokens.
-        advantages: (B, T).
-        mask: (B, T) 1 for valid tokens.
-        clip_range: eps.
-
-    Returns:
-        ``(loss, stats)``: stats ``policy_loss`` (= loss), ``clipfrac`` (fraction of valid
-        tokens where the clipped term is strictly larger, i.e. the gradient is zeroed),
-        ``approx_kl`` (masked mean of ``0.5 * (logprobs - old_logprobs)**2``: Schulman's
-        biased, low-variance k2 estimator of KL(pi_old || pi) on tokens sampled from pi_old),
-        ``ratio_mean`` (masked mean of the ratio).
-    """
-    logprobs = logprobs.float()
-    mask = mask.to(logprobs.dtype)
-    advantages = advantages.detach().float()
-    log_ratio = logprobs - old_logprobs.detach().float()  # (B, T)
-    ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
-    with torch.no_grad():
-        stats = {
-            "policy_loss": loss.detach(),
-            "clipfrac": masked_mean((clipped > unclipped).float(), mask),
-            "approx_kl": masked_mean(0.5 * log_ratio**2, mask),
-            "ratio_mean": masked_mean(ratio, mask),
-        }
     return loss, stats
 
 

@@ -29,7 +29,7 @@ from lightning_rlhf.model_files import (
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoraOptions:
     """LoRA adapters (peft). The reference policy of a LoRA policy is the same model, adapters off.
 
@@ -55,7 +55,7 @@ class LoraOptions:
             raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelOptions:
     """How a model is loaded; shared by every stage.
 

@@ -10,7 +10,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScheduleOptions:
     """Learning-rate schedule.
 

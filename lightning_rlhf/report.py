@@ -15,7 +15,7 @@ CURVES = [
     ("reward", "train/loss", "Reward model: Bradley–Terry loss"),
     ("reward", "val/accuracy", "Reward model: pairwise accuracy, held-out pairs"),
     ("ppo", "train/reward", "PPO: reward of the rollouts"),
-    ("ppo", "train/kl", "PPO: KL(π‖πref), nats per response"),
+    ("ppo", "train/kl_k1", "PPO: KL(π‖πref), nats per response"),
     ("ppo", "train/oracle_score", "PPO: oracle score of the rollouts"),
     ("ppo", "val/oracle_score", "PPO: oracle score, held-out prompts (greedy)"),
     ("grpo", "train/reward", "GRPO: reward of the rollouts"),

@@ -220,7 +220,7 @@ class RewardModel(_ScalarHeadReward):
 
 class RewardAdapter(_ScalarHeadReward):
     """A reward model trained as a LoRA adapter of the policy's own base model, run on that base:
-    with a LoRA policy, the policy, πref, the critic (``critic_lora``) and the reward share one
+    with a LoRA policy, the policy, πref, the critic (``LoraCritic``) and the reward share one
     base model in memory.
 
     The directory is what the reward stage exports with ``model.lora.merge_on_export: false``

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from torch import Tensor
@@ -65,6 +66,21 @@ class PreferenceBatch(NamedTuple):
     response_index: Tensor | None = None
 
 
+class Sequences(NamedTuple):
+    """Prompts and responses, the inputs of every forward over a rollout (before it is scored).
+
+    query_ids:      (B, P) left-padded prompts
+    query_mask:     (B, P)
+    response_ids:   (B, R) sampled tokens, pad after the first EOS
+    response_mask:  (B, R) 1 up to and including the first EOS
+    """
+
+    query_ids: Tensor
+    query_mask: Tensor
+    response_ids: Tensor
+    response_mask: Tensor
+
+
 class Rollout(NamedTuple):
     """One PPO rollout: prompts, sampled responses and what was computed on them once, no grad.
 
@@ -92,3 +108,28 @@ class Rollout(NamedTuple):
     rewards: Tensor
     advantages: Tensor
     returns: Tensor
+
+
+@dataclass
+class RolloutStats:
+    """What an iteration leaves for its logs (the update reads only the ``Rollout``).
+
+    prompts:       B prompt texts, one per response (a prompt repeated ``samples_per_prompt`` times)
+    texts:         B response texts
+    raw_scores:    (B,) the reward function's scores, before shaping
+    reward_stats:  the reward function's own statistics (``RewardFunction.stats()``)
+    generation_s:  seconds spent sampling
+    scoring_s:     seconds spent scoring and in the π_old, πref and V_old forwards
+    update_s:      seconds spent in the policy update (set after it)
+    engine:        ``rollout/*`` metrics of the sampling (``rollout.rollout_metrics``) and the
+                   engine's log-probs against π_old (``losses.logprob_mismatch``)
+    """
+
+    prompts: list[str]
+    texts: list[str]
+    raw_scores: Tensor
+    reward_stats: dict[str, float] = field(default_factory=dict)
+    generation_s: float = 0.0
+    scoring_s: float = 0.0
+    update_s: float = 0.0
+    engine: dict[str, Tensor] = field(default_factory=dict)

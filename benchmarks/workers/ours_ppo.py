@@ -16,10 +16,13 @@ from lit import StepCallback, adamw, trainer
 
 import lightning_rlhf.modules.policy as policy_module
 from lightning_rlhf.advantages import GAE, FixedKLController
+from lightning_rlhf.critics import ScalarModelCritic
 from lightning_rlhf.data.prompts import PromptDataModule
+from lightning_rlhf.kl import KLPenalty
 from lightning_rlhf.models import ModelOptions
 from lightning_rlhf.modules.ppo import PPOModule, PPOOptions
 from lightning_rlhf.optim import ScheduleOptions
+from lightning_rlhf.policy_losses import ClippedSurrogate
 from lightning_rlhf.rewards import RewardModel
 from lightning_rlhf.rollout import SamplingOptions
 
@@ -35,7 +38,7 @@ module = PPOModule(
     reward=RewardModel(
         cfg["rm_dir"], normalize=False, pad_to_multiple_of=cfg.get("pad_to_multiple_of", 1)
     ),
-    critic_name_or_path=cfg["rm_dir"],
+    critic=ScalarModelCritic(cfg["rm_dir"]),
     model=ModelOptions(dtype="float32", attn_implementation="sdpa"),
     optimizer=adamw,
     schedule=ScheduleOptions(warmup_steps=0, decay="constant"),
@@ -48,16 +51,15 @@ module = PPOModule(
         ppo_epochs=ppo["epochs"],
         num_minibatches=ppo["minibatches"],
         max_grad_norm=None,
-        clip_range=0.2,
         clip_range_value=0.2,
         vf_coef=0.1,
         reuse_sampling_logprobs=True,
     ),
     advantage=GAE(gamma=1.0, lam=0.95),
-    kl_controller=FixedKLController(ppo["kl_coef"]),
-    kl_estimator="k1",
+    policy_loss=ClippedSurrogate(clip_range=0.2),
+    kl=KLPenalty(FixedKLController(ppo["kl_coef"]), estimator="k1"),
     oracle=None,
-    log_samples_every_n_steps=0,
+    log_samples_every_n_iterations=0,
 )
 data = PromptDataModule(
     train_path=cfg["data"],

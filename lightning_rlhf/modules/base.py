@@ -221,8 +221,10 @@ class StageModule(LightningModule):
         if trainer is not None:
             if not trainer.loggers:
                 return
-            # Lightning's own test for "this step's metrics are written"; absent: log every step
-            if not getattr(trainer._logger_connector, "should_update_logs", True):
+            # Lightning's test for "this step's metrics are written", from public attributes:
+            # the step about to be taken is a multiple of log_every_n_steps, or the last one
+            step = trainer.global_step + 1  # optimizer steps so far (the logged step) + this one
+            if step % trainer.log_every_n_steps != 0 and not trainer.should_stop:
                 return
         self.log_dict(stats, **kwargs)
 

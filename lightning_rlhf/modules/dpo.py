@@ -114,6 +114,10 @@ class DPOModule(PolicyModule):
             log-ratio difference h).
         label_smoothing: ε in [0, 0.5), the assumed rate of flipped preference labels
             (conservative DPO: −(1−ε)·log σ(βh) − ε·log σ(−βh)); "sigmoid" only.
+        average_logprobs: a response's log-prob is the mean of its tokens' rather than their
+            sum (both policy and πref), so h no longer grows with the responses' length; TRL's
+            IPO reads it so (use it with "ipo" to match TRL's numbers; the target margin
+            1/(2β) is then per token). False: the summed log-probs of DPO's and IPO's papers.
         cache_ref_logprobs: compute πref's log-probs of a pair the first time it is seen and
             keep them for the rest of the fit (keyed by the pair's position in its data set, so
             shuffling, resuming and data-parallel ranks all read the right row; training and
@@ -140,6 +144,7 @@ class DPOModule(PolicyModule):
         beta: float = 0.1,
         loss_type: Literal["sigmoid", "ipo"] = "sigmoid",
         label_smoothing: float = 0.0,
+        average_logprobs: bool = False,
         cache_ref_logprobs: bool = True,
         model: ModelOptions = ModelOptions(),
         optimizer: OptimizerCallable = dpo_adamw,
@@ -168,6 +173,7 @@ class DPOModule(PolicyModule):
         self.beta = beta
         self.loss_type = loss_type
         self.label_smoothing = label_smoothing
+        self.average_logprobs = average_logprobs
         self.cache_ref_logprobs = cache_ref_logprobs
         self._ref: list[nn.Module] = []  # a list: the frozen reference is neither trained nor saved
         self._ref_cache = {"train": RowCache(), "val": RowCache()}
@@ -250,8 +256,12 @@ class DPOModule(PolicyModule):
             batch.response_mask,
             batch.response_index,
         )
+        ref = self.reference_logps(batch, stage)  # (2B,), summed as the cache keeps them
+        if self.average_logprobs:  # over the tokens _logps sums: those after position 0
+            lengths = batch.response_mask[:, 1:].sum(1).clamp(min=1).to(policy.dtype)  # (2B,)
+            policy, ref = policy / lengths, ref / lengths
         chosen, rejected = policy.chunk(2)  # (B,), (B,)
-        ref_chosen, ref_rejected = self.reference_logps(batch, stage).chunk(2)
+        ref_chosen, ref_rejected = ref.chunk(2)
         loss, stats = dpo_loss(
             chosen, rejected, ref_chosen, ref_rejected, self.beta, self.loss_type,
             self.label_smoothing,

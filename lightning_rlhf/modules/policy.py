@@ -86,11 +86,14 @@ class PolicyModule(StageModule):
 
     def _sharded(self) -> bool:
         """Under FSDP or DeepSpeed every rank must run the same number of generation steps."""
-        strategy = type(self.trainer.strategy).__name__ if self._trainer is not None else ""
+        # both classes import without their backends installed (DeepSpeed's checks on setup)
+        from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+
+        trainer = self._trainer
         return (
-            self._trainer is not None
-            and self.trainer.world_size > 1
-            and ("FSDP" in strategy or "DeepSpeed" in strategy)
+            trainer is not None
+            and trainer.world_size > 1
+            and isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy))
         )
 
     def score_generations(self, batch: PromptBatch) -> list[str]:

@@ -4,22 +4,21 @@ One training step is one iteration, under manual optimisation:
 
     prompts ─ rollout (sample, no grad) ─ score (reward, π_old, π_ref, V_old: one forward each)
             ─ per-token rewards (score − β·KL) ─ advantages ─ ppo_epochs × minibatches of
-              manual_backward on the clipped surrogate (+ value loss) (+ β·KL when it is a loss)
+              manual_backward on the policy loss (+ value loss) (+ β·KL when it is a loss)
+            ─ log ─ β update
 
-The advantage estimator is a component: ``GAE`` with a critic (PPO), ``GroupRelative`` (GRPO) or
-``LeaveOneOut`` (RLOO), both critic-free. The maths (KL estimators, GAE, group baselines,
-whitening, clipped losses) live in ``advantages.py`` and ``losses.py``; this module orchestrates.
-``trainer.max_steps`` counts optimizer steps: iterations × ppo_epochs × num_minibatches; a run
-stops at exactly that many, inside an iteration if need be.
+The module orchestrates named parts, each chosen by ``class_path``: the ``advantage`` estimator
+(``GAE`` with a critic: PPO; ``GroupRelative``: GRPO; ``LeaveOneOut``: RLOO), the ``critic``
+(critics.py), the ``kl`` penalty (kl.py) and the ``policy_loss`` (policy_losses.py); their maths
+live in ``advantages.py``, ``losses.py`` and ``policy_losses.py``. ``trainer.max_steps`` counts
+optimizer steps: iterations × ppo_epochs × num_minibatches; a run stops at exactly that many,
+inside an iteration if need be.
 """
 
 from __future__ import annotations
 
-import contextlib
-import random
 import time
 import warnings
-from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -27,38 +26,18 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from lightning_rlhf.advantages import (
-    GAE,
-    KL_ESTIMATORS,
-    AdaptiveKLController,
-    AdvantageEstimator,
-    FixedKLController,
-    masked_mean,
-    masked_var,
-    masked_whiten,
-    penalized_rewards,
-)
-from lightning_rlhf.losses import (
-    entropy_from_logits,
-    logprob_mismatch,
-    ppo_policy_loss,
-    token_logprobs,
-    value_loss,
-)
-from lightning_rlhf.models import (
-    LoraOptions,
-    ModelOptions,
-    adapter_active,
-    adapters_off,
-    check_same_tokenizer,
-    load_scalar_model,
-    lora_config,
-    padded_positions,
-    token_scalars,
-    train_only_adapters,
-)
+from lightning_rlhf.advantages import GAE, AdvantageEstimator, masked_mean, masked_whiten
+from lightning_rlhf.critics import Critic, ScalarModelCritic
+from lightning_rlhf.kl import KLPenalty, sequence_kl
+from lightning_rlhf.losses import entropy_from_logits, token_logprobs, value_loss
+from lightning_rlhf.models import ModelOptions, adapters_off, train_only_adapters
 from lightning_rlhf.modules.policy import PolicyModule
+from lightning_rlhf.modules.ppo_forwards import response_outputs, sequence_inputs
+from lightning_rlhf.modules.ppo_metrics import engine_metrics, iteration_metrics
+from lightning_rlhf.modules.ppo_options import PPOOptions, RewardShaping
+from lightning_rlhf.modules.rng import rng_state, set_rng_state
 from lightning_rlhf.optim import ScheduleOptions
+from lightning_rlhf.policy_losses import ClippedSurrogate, PolicyLoss
 from lightning_rlhf.rewards import (
     RewardAdapter,
     RewardFunction,
@@ -67,8 +46,10 @@ from lightning_rlhf.rewards import (
     check_scores,
     reward_functions,
 )
-from lightning_rlhf.rollout import RolloutEngine, SamplingOptions, rollout_metrics, tempered
-from lightning_rlhf.types import PromptBatch, Rollout
+from lightning_rlhf.rollout import Generation, RolloutEngine, SamplingOptions
+from lightning_rlhf.types import PromptBatch, Rollout, RolloutStats, Sequences
+
+__all__ = ["PPOModule", "PPOOptions", "RewardShaping"]
 
 # Lightning warns that a checkpoint under manual optimisation holds the state after the optimizer
 # steps; an iteration's steps all finish before its checkpoint, which is the state to resume from.
@@ -80,72 +61,6 @@ def ppo_adamw(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
 
 
-@dataclass
-class PPOOptions:
-    """The policy update (the same for every advantage estimator).
-
-    Attributes:
-        ppo_epochs: passes over each rollout.
-        num_minibatches: minibatches per pass; each is one optimizer step.
-        micro_batch_size: sequences per forward/backward inside a minibatch (gradient
-            accumulation); None takes the whole minibatch at once.
-        clip_range: ε of the clipped surrogate, ratio kept in [1−ε, 1+ε].
-        clip_range_value: values kept within this distance of the rollout's; None: no clipping.
-        vf_coef: weight of the value loss in the total loss (estimators with a critic).
-        whiten_advantages: normalise advantages to mean 0, std 1 over each rollout.
-        max_grad_norm: clip the gradient norm to this; None: no clipping.
-        samples_per_prompt: responses sampled per prompt in each rollout (the group size of
-            ``GroupRelative`` and ``LeaveOneOut``).
-        reuse_sampling_logprobs: π_old's log-probs are those the sampler computed from the logits
-            it drew from (no second forward over the rollout for them), when the engine samples
-            with the trainer's module (not ``VLLMRollout``). The cached one-token forwards round
-            differently from a full forward (fp32 ~1e-6, bf16 ~1e-2 per token), so the first ratio
-            is near 1 and the KL to an identical πref near 0, not exactly; False recomputes π_old
-            in one full forward for exact values (worth it under bf16). A value head on the
-            policy's trunk needs that forward anyway and uses it.
-    """
-
-    ppo_epochs: int = 4
-    num_minibatches: int = 4
-    micro_batch_size: int | None = None
-    clip_range: float = 0.2
-    clip_range_value: float | None = 0.2
-    vf_coef: float = 0.1
-    whiten_advantages: bool = True
-    max_grad_norm: float | None = 1.0
-    samples_per_prompt: int = 1
-    reuse_sampling_logprobs: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("ppo_epochs", "num_minibatches", "samples_per_prompt"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ppo.{name} must be at least 1, got {getattr(self, name)}")
-        if self.clip_range <= 0:
-            raise ValueError(f"ppo.clip_range must be > 0, got {self.clip_range}")
-        if self.clip_range_value is not None and self.clip_range_value <= 0:
-            raise ValueError(
-                f"ppo.clip_range_value must be > 0 or null, got {self.clip_range_value}"
-            )
-        if self.micro_batch_size is not None and self.micro_batch_size < 1:
-            raise ValueError(
-                f"ppo.micro_batch_size must be at least 1, got {self.micro_batch_size}"
-            )
-
-
-@dataclass
-class RewardShaping:
-    """What is done to each response's score before the KL penalty.
-
-    Attributes:
-        clip: clip scores to [−clip, clip]; None: no clipping.
-        missing_eos_penalty: subtracted from the score of a response that never emitted EOS
-            (it ran out of ``max_new_tokens``); None: no penalty.
-    """
-
-    clip: float | None = None
-    missing_eos_penalty: float | None = None
-
-
 class PPOModule(PolicyModule):
     """RL fine-tuning with a KL penalty to the reference policy: PPO, GRPO or RLOO by ``advantage``.
 
@@ -154,33 +69,32 @@ class PPOModule(PolicyModule):
         ref_model_name_or_path: the reference policy πref; None uses the initial policy. With a
             LoRA policy and None, πref is the same model with its adapters disabled (no copy).
         reward: the reward of a (prompt, response): a ``RewardModel`` directory, the bundled
-            ``TaskOracle``, a ``WeightedSum``, or any ``RewardFunction``.
-        critic_name_or_path: the value model's initialisation (the reward model export by
-            default); None puts a value head on the policy's trunk instead. Only estimators that
-            need a critic (``GAE``) load one.
-        critic_lora: with a LoRA policy (``model.lora``), the critic is a second LoRA adapter of
-            these options on the policy's base model, with its own value head: policy, reference
-            and critic share one base model in memory, and the critic's gradients do not touch
-            the policy's adapter. ``critic_name_or_path`` is then not read.
+            ``TaskOracle``, a ``WeightedSum``, or any ``RewardFunction``; None:
+            ``RewardModel("artifacts/rm")``.
+        critic: the value function, for estimators that need one (``GAE``): ``ValueHead`` (on
+            the policy's trunk), ``ScalarModelCritic`` (a model of its own, by default the reward
+            model export) or ``LoraCritic`` (a second adapter of a LoRA policy); None:
+            ``ScalarModelCritic("artifacts/rm")``. Estimators without a critic load none.
         model: loading options of the policy (dtype, attention, checkpointing, LoRA, remote code).
         optimizer: optimiser factory, given the policy's and the critic's parameters.
         schedule: learning-rate warm-up and decay over optimizer steps.
         sampling: how rollouts are sampled (temperature, top-k, top-p, max_new_tokens).
-        ppo: the policy update (epochs, minibatches, clipping, value coefficient, group size).
+        ppo: the policy update (epochs, minibatches, value clipping and coefficient, group size).
         advantage: the advantage estimator: ``GAE`` (PPO, with a critic), ``GroupRelative``
             (GRPO) or ``LeaveOneOut`` (RLOO); the last two need ``samples_per_prompt`` ≥ 2.
-        kl_controller: β of the KL penalty: fixed, or adapted toward a target KL.
-        kl_estimator: the per-token KL estimator: "k1" (log-ratio), "k2" (½ log-ratio²) or "k3"
-            ((r−1) − log r, never negative); all three are logged.
-        kl_penalty: where β·KL goes: "reward" (subtracted from the per-token rewards before the
-            advantages) or "loss" (a term β·mean KL of the current policy added to the loss, as
-            in GRPO; use it with "k3").
+            None: ``GAE()``.
+        policy_loss: the policy-gradient loss and its aggregation over the minibatch:
+            ``ClippedSurrogate`` (PPO's, with dual-clip) or ``GSPO``; None: ``ClippedSurrogate()``.
+            The value loss and a KL loss term stay token means of each micro-batch, weighted by
+            its rows.
+        kl: the KL penalty to πref: β's controller, the estimator and where it goes (reward or
+            loss); None: ``KLPenalty()`` (fixed β 0.05, k1, in the reward).
         shaping: clipping and missing-EOS penalty applied to the scores.
         oracle: scores rollouts and greedy answers to held-out prompts (the bundled
             ``TaskOracle``); None skips the oracle metrics.
         eval_sampling: how validation answers are generated (temperature 0 is greedy).
         num_logged_samples: held-out prompts and answers logged as a table at validation.
-        log_samples_every_n_steps: rollout samples logged as a table every this many iterations.
+        log_samples_every_n_iterations: rollout samples logged as a table every this many iterations.
         nan_policy: a non-finite loss, reward or advantage stops the run ("raise") or skips the
             iteration with a warning ("skip"); checkpoints are never written from it.
         max_consecutive_skips: under ``nan_policy: skip``, this many iterations or minibatches
@@ -195,39 +109,34 @@ class PPOModule(PolicyModule):
         model_name_or_path: str = "artifacts/sft",
         ref_model_name_or_path: str | None = None,
         reward: RewardFunction | None = None,
-        critic_name_or_path: str | None = "artifacts/rm",
-        critic_lora: LoraOptions | None = None,
+        critic: Critic | None = None,
         model: ModelOptions = ModelOptions(),
         optimizer: OptimizerCallable = ppo_adamw,
         schedule: ScheduleOptions = ScheduleOptions(warmup_steps=10, decay="constant"),
         sampling: SamplingOptions = SamplingOptions(),
         ppo: PPOOptions = PPOOptions(),
-        advantage: AdvantageEstimator = GAE(),
-        kl_controller: FixedKLController | AdaptiveKLController = FixedKLController(0.05),
-        kl_estimator: Literal["k1", "k2", "k3"] = "k1",
-        kl_penalty: Literal["reward", "loss"] = "reward",
+        advantage: AdvantageEstimator | None = None,
+        policy_loss: PolicyLoss | None = None,
+        kl: KLPenalty | None = None,
         shaping: RewardShaping = RewardShaping(),
         oracle: RewardFunction | None = None,
         eval_sampling: SamplingOptions = SamplingOptions(max_new_tokens=8, temperature=0.0),
         num_logged_samples: int = 8,
-        log_samples_every_n_steps: int = 50,
+        log_samples_every_n_iterations: int = 50,
         nan_policy: Literal["raise", "skip"] = "raise",
         max_consecutive_skips: int = 10,
         rollout: RolloutEngine | None = None,
     ) -> None:
         super().__init__(
-            model_name_or_path,
-            model,
-            optimizer,
-            schedule,
-            oracle,
-            eval_sampling,
-            num_logged_samples,
-            rollout,
-        )
+            model_name_or_path, model, optimizer, schedule, oracle, eval_sampling,
+            num_logged_samples, rollout,
+        )  # fmt: skip
         self.save_hyperparameters(
-            ignore=["optimizer", "oracle", "reward", "kl_controller", "advantage", "rollout"]
-        )
+            ignore=["optimizer", "oracle", "reward", "critic", "advantage", "policy_loss", "kl",
+                    "rollout"]
+        )  # fmt: skip
+        # None resolves here, so no two modules share a default component (or its β)
+        advantage = advantage if advantage is not None else GAE()
         if ppo.samples_per_prompt < advantage.min_group_size:
             raise ValueError(
                 f"{type(advantage).__name__} needs ppo.samples_per_prompt >= "
@@ -242,16 +151,17 @@ class PPOModule(PolicyModule):
         self.automatic_optimization = False
         self.ref_model_name_or_path = ref_model_name_or_path
         self.reward = as_reward(reward if reward is not None else RewardModel("artifacts/rm"))
-        self.critic_name_or_path = critic_name_or_path
-        self.critic_lora = critic_lora
+        self.advantage = advantage
+        # the critic component; its networks are self.critic or self.value_head (checkpoint keys)
+        self.value_model = None
+        if advantage.needs_critic:
+            self.value_model = critic if critic is not None else ScalarModelCritic()
+        self.policy_loss = policy_loss if policy_loss is not None else ClippedSurrogate()
+        self.kl = kl if kl is not None else KLPenalty()
         self.sampling = sampling
         self.ppo = ppo
-        self.advantage = advantage
-        self.kl_controller = kl_controller
-        self.kl_estimator = kl_estimator
-        self.kl_penalty = kl_penalty
         self.shaping = shaping
-        self.log_samples_every_n_steps = log_samples_every_n_steps
+        self.log_samples_every_n_iterations = log_samples_every_n_iterations
         self.set_nan_policy(nan_policy, max_consecutive_skips)
         self.critic: nn.Module | None = None
         self.value_head: nn.Module | None = None
@@ -265,56 +175,19 @@ class PPOModule(PolicyModule):
             return
         super().configure_model()
         self._ref = self.load_reference(self.ref_model_name_or_path)
-        self._configure_critic()
+        if self.value_model is not None:
+            self.value_model.build(self)
         for reward in reward_functions(self.reward):
             if isinstance(reward, RewardAdapter):
                 reward.attach(self.model, self.model_name_or_path)
         if self.model_options.lora is not None:  # added adapters: the critic's trains, others not
-            critic = [self.CRITIC_ADAPTER] if self.critic_lora is not None else []
-            train_only_adapters(self.model, [self.model.active_adapter, *critic])
-
-    def _configure_critic(self) -> None:
-        if not self.advantage.needs_critic:
-            return
-        if self.critic_lora is not None:
-            self._add_critic_adapter()
-        elif self._critic_path is not None:
-            trust = self.model_options.trust_remote_code  # the critic reads the policy's token ids
-            check_same_tokenizer(self.model_name_or_path, self._critic_path, "critic", trust)
-            options = replace(self.model_options, extra={})  # extra kwargs are the causal LM's
-            self.critic = load_scalar_model(self._critic_path, options, self.tokenizer.pad_token_id)
-            self.critic.train()
-        else:
-            self.value_head = nn.Linear(self.model.config.hidden_size, 1)
-            nn.init.zeros_(self.value_head.weight)
-            nn.init.zeros_(self.value_head.bias)
+            critic = getattr(self.value_model, "adapter", None)
+            train_only_adapters(self.model, [self.model.active_adapter, *filter(None, [critic])])
 
     @property
-    def _critic_path(self) -> str | None:
-        if self.critic_lora is not None or not self.advantage.needs_critic:
-            return None
-        return self.critic_name_or_path
-
-    CRITIC_ADAPTER = "critic"
-
-    def _add_critic_adapter(self) -> None:
-        from peft import PeftModel
-
-        if not isinstance(self.model, PeftModel):
-            raise ValueError(
-                "model.critic_lora puts the critic on the policy's base model as a second LoRA "
-                "adapter: it needs a LoRA policy (set model.model.lora), or leave critic_lora "
-                "unset for a critic of its own (critic_name_or_path)"
-            )
-        self.model.add_adapter(self.CRITIC_ADAPTER, lora_config(self.critic_lora, "CAUSAL_LM"))
-        self.value_head = nn.Linear(self.model.config.hidden_size, 1)
-        nn.init.zeros_(self.value_head.weight)
-        nn.init.zeros_(self.value_head.bias)
-
-    @property
-    def _value_head_on_policy(self) -> bool:
-        """The value head reads the policy's own trunk (no separate critic forward)."""
-        return self.value_head is not None and self.critic_lora is None
+    def _values_on_trunk(self) -> bool:
+        """The critic reads the policy's own trunk (its states come from the policy forward)."""
+        return self.value_model is not None and self.value_model.policy_states
 
     def _check_context(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -338,134 +211,56 @@ class PPOModule(PolicyModule):
         self.on_fit_start()
 
     # ----------------------------------------------------------------------------- forwards
-    def _sequence(self, r: Rollout | Any, idx: Tensor | slice = slice(None)):
-        ids = torch.cat([r.query_ids[idx], r.response_ids[idx]], dim=1)  # (b, P + R)
-        mask = torch.cat([r.query_mask[idx], r.response_mask[idx]], dim=1)
-        positions = padded_positions(mask)
-        return ids, mask, positions
+    def _sequence(self, r: Sequences | Rollout, idx: Tensor | slice = slice(None)):
+        return sequence_inputs(r, idx)
 
-    def _policy_outputs(self, model: nn.Module, r, idx, hidden: bool = False):
+    def _policy_outputs(self, model: nn.Module, r: Sequences | Rollout, idx, hidden=False):
         """Logits for the response positions, (b, R, V), and optionally the trunk's states."""
-        ids, mask, positions = self._sequence(r, idx)
-        resp_len, length = r.response_ids.shape[1], ids.shape[1]
-        out = model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            # the LM head only where a response token is predicted; indices, not a count: the
-            # gathered states are contiguous, so a frozen model's head stays one matrix multiply
-            # (a sliced view sends it to a batched one over copies of the weight, 2x slower on CPU)
-            logits_to_keep=torch.arange(length - resp_len - 1, length - 1, device=ids.device),
-            output_hidden_states=hidden,
-            use_cache=False,
-        )
-        logits = out.logits  # (b, R, V): position t predicts response token t
-        states = out.hidden_states[-1][:, -resp_len - 1 : -1] if hidden else None
-        return tempered(logits, self.sampling.temperature), states
+        return response_outputs(model, r, idx, self.sampling.temperature, hidden)
 
-    def _ref_logits(self, r, idx):
+    def _ref_logits(self, r: Sequences | Rollout, idx):
         if self._ref:
             return self._policy_outputs(self._ref[0], r, idx)[0]
         with adapters_off(self.model):  # LoRA: πref is the base model
             return self._policy_outputs(self.model, r, idx)[0]
 
-    def _values(self, r, idx, states: Tensor | None) -> Tensor | None:
+    def _values(self, r: Sequences | Rollout, idx, states: Tensor | None) -> Tensor | None:
         """(b, R) value of the state before each response token; None without a critic."""
-        if self.value_head is not None and self.critic_lora is not None:
-            ids, mask, positions = self._sequence(r, idx)
-            resp_len = r.response_ids.shape[1]
-            with adapter_active(self.model, self.CRITIC_ADAPTER):
-                base = self.model.get_base_model()  # the causal LM, the adapters injected
-                trunk = getattr(base, base.base_model_prefix)
-                hidden = trunk(
-                    input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
-                ).last_hidden_state  # (b, P + R, H); the LM head is not run
-            states = hidden[:, -resp_len - 1 : -1]
-        if self.value_head is not None:
-            return self.value_head(states).squeeze(-1).float()
-        if self.critic is None:
+        if self.value_model is None:
             return None
         ids, mask, positions = self._sequence(r, idx)
         resp_len = r.response_ids.shape[1]
-        return token_scalars(self.critic, ids, mask, positions)[:, -resp_len - 1 : -1]
+        return self.value_model.values(self, ids, mask, positions, resp_len, states)
 
     # ----------------------------------------------------------------------------- rollout
-    def _score(
-        self, prompts: list[str], texts: list[str], mask: Tensor, ids: Tensor
-    ) -> tuple[Tensor, Tensor]:
+    def _score(self, prompts: list[str], texts: list[str], ids: Tensor) -> tuple[Tensor, Tensor]:
+        """(B,) raw and shaped scores of the responses ``ids`` (B, R)."""
         # under nan_policy "skip" a non-finite score reaches the rewards, whose check skips the iteration
         skip = self.nan_policy == "skip"
         raw = check_scores(
             self.reward(prompts, texts), len(texts), self.reward, allow_nonfinite=skip
         )
         raw = raw.to(self.device)
-        scores = raw
-        if self.shaping.clip is not None:
-            scores = scores.clamp(-self.shaping.clip, self.shaping.clip)
-        if self.shaping.missing_eos_penalty is not None:
-            no_eos = ~(ids == self.tokenizer.eos_token_id).any(dim=1)
-            scores = scores - self.shaping.missing_eos_penalty * no_eos.float()
-        return raw, scores
+        no_eos = ~(ids == self.tokenizer.eos_token_id).any(dim=1)
+        return raw, self.shaping(raw, no_eos)
 
-    @torch.no_grad()
-    def make_rollout(self, batch: PromptBatch) -> tuple[Rollout, dict[str, Any]]:
-        """Sample, score, and compute π_old, π_ref, V_old, rewards and advantages, once."""
-        k = self.ppo.samples_per_prompt
-        query_ids = batch.input_ids.repeat_interleave(k, dim=0)  # (B·k, P)
-        query_mask = batch.attention_mask.repeat_interleave(k, dim=0)
-        prompts = [p for p in batch.prompts for _ in range(k)]
-        t0 = time.perf_counter()
-        generation, texts = self.sample(PromptBatch(query_ids, query_mask, prompts), self.sampling)
-        response_ids, response_mask = generation.response_ids, generation.response_mask
-        t1 = time.perf_counter()
-        raw, scores = self._score(prompts, texts, response_mask, response_ids)
-        partial = Rollout(query_ids, query_mask, response_ids, response_mask, *([None] * 7))
+    def _old_forwards(self, s: Sequences, generation: Generation) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, R) log π_old, log πref and V_old (zeros without a critic), 0 at masked positions."""
         was_training = self.model.training
         self.model.eval()  # no dropout in these forwards: the sampler's ran in eval mode too
         if self._reuses_sampling_logprobs():
             logprobs, states = generation.logprobs, None
         else:
             logits, states = self._policy_outputs(
-                self.model, partial, slice(None), hidden=self._value_head_on_policy
+                self.model, s, slice(None), hidden=self._values_on_trunk
             )
-            logprobs = token_logprobs(logits, response_ids)
-        ref_logprobs = token_logprobs(self._ref_logits(partial, slice(None)), response_ids)
-        values = self._values(partial, slice(None), states)
+            logprobs = token_logprobs(logits, s.response_ids)
+        ref_logprobs = token_logprobs(self._ref_logits(s, slice(None)), s.response_ids)
+        values = self._values(s, slice(None), states)
         self.model.train(was_training)
-        mask = response_mask.float()
+        mask = s.response_mask.float()
         values = torch.zeros_like(mask) if values is None else values * mask
-        logprobs, ref_logprobs = logprobs * mask, ref_logprobs * mask
-        beta = self.kl_controller.beta if self.kl_penalty == "reward" else 0.0
-        rewards, kl = penalized_rewards(
-            scores, logprobs, ref_logprobs, mask, beta, self.kl_estimator
-        )
-        advantages, returns = self.advantage(rewards, values, mask, self.ppo.samples_per_prompt)
-        if self.ppo.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
-        t2 = time.perf_counter()
-        eos = self.tokenizer.eos_token_id
-        rollout = Rollout(
-            query_ids, query_mask, response_ids, response_mask, logprobs, ref_logprobs, values,
-            scores, rewards, advantages, returns,
-        )  # fmt: skip
-        info = {
-            "texts": texts,
-            "prompts": prompts,
-            "raw_scores": raw,
-            "reward_stats": self.reward.stats(),
-            "kl": kl,
-            "time/generation": t1 - t0,
-            "time/scoring": t2 - t1,
-            "rollout": {
-                **rollout_metrics(generation, t1 - t0, self.sampling.max_new_tokens, eos),
-                # the engine's log-probs against π_old (all 0 when π_old is the engine's)
-                **{
-                    f"rollout/{k}": v
-                    for k, v in logprob_mismatch(generation.logprobs, logprobs, mask).items()
-                },
-            },
-        }
-        return rollout, info
+        return logprobs * mask, ref_logprobs * mask, values
 
     def _reuses_sampling_logprobs(self) -> bool:
         # an engine with its own weights and kernels (vLLM) is not π_old: its log-probs are
@@ -473,47 +268,86 @@ class PPOModule(PolicyModule):
         return (
             self.ppo.reuse_sampling_logprobs
             and self.rollout.live_logprobs
-            and not self._value_head_on_policy
+            and not self._values_on_trunk
         )
 
-    # ----------------------------------------------------------------------------- update
-    def _loss(self, r: Rollout, idx: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        mask = r.response_mask[idx].float()
-        logits, states = self._policy_outputs(self.model, r, idx, hidden=self._value_head_on_policy)
-        logprobs = token_logprobs(logits, r.response_ids[idx])
-        pg_loss, stats = ppo_policy_loss(
-            logprobs, r.logprobs[idx], r.advantages[idx], mask, self.ppo.clip_range
+    @torch.no_grad()
+    def make_rollout(self, batch: PromptBatch) -> tuple[Rollout, RolloutStats]:
+        """Sample, score, and compute π_old, π_ref, V_old, rewards and advantages, once."""
+        k = self.ppo.samples_per_prompt
+        query_ids = batch.input_ids.repeat_interleave(k, dim=0)  # (B·k, P)
+        query_mask = batch.attention_mask.repeat_interleave(k, dim=0)
+        prompts = [p for p in batch.prompts for _ in range(k)]
+        t0 = time.perf_counter()
+        generation, texts = self.sample(PromptBatch(query_ids, query_mask, prompts), self.sampling)
+        s = Sequences(query_ids, query_mask, generation.response_ids, generation.response_mask)
+        t1 = time.perf_counter()
+        raw, scores = self._score(prompts, texts, s.response_ids)
+        logprobs, ref_logprobs, values = self._old_forwards(s, generation)
+        mask = s.response_mask.float()
+        rewards = self.kl.rewards(scores, logprobs, ref_logprobs, mask)
+        advantages, returns = self.advantage(rewards, values, mask, k)
+        if self.ppo.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        t2 = time.perf_counter()
+        rollout = Rollout(*s, logprobs, ref_logprobs, values, scores, rewards, advantages, returns)
+        engine = engine_metrics(
+            generation, logprobs, mask, t1 - t0, self.sampling.max_new_tokens,
+            self.tokenizer.eos_token_id,
+        )  # fmt: skip
+        stats = RolloutStats(
+            prompts, texts, raw, self.reward.stats(), t1 - t0, t2 - t1, engine=engine
         )
-        loss = pg_loss
-        if self.kl_penalty == "loss":
-            kl = masked_mean(KL_ESTIMATORS[self.kl_estimator](logprobs, r.ref_logprobs[idx]), mask)
-            loss = loss + self.kl_controller.beta * kl
-            stats["kl_loss"] = kl.detach()
+        return rollout, stats
+
+    # ----------------------------------------------------------------------------- update
+    def _loss(
+        self, r: Rollout, idx: Tensor, rows: int | None = None, tokens: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Micro-batch ``idx``'s share of the loss of its minibatch of ``rows`` rows and
+        ``tokens`` response tokens (None: ``idx`` is the whole minibatch), and its statistics."""
+        mask = r.response_mask[idx].float()
+        rows = rows if rows is not None else len(idx)
+        tokens = tokens if tokens is not None else mask.sum()
+        logits, states = self._policy_outputs(self.model, r, idx, hidden=self._values_on_trunk)
+        logprobs = token_logprobs(logits, r.response_ids[idx])
+        loss, stats = self.policy_loss(
+            logprobs, r.logprobs[idx], r.advantages[idx], mask, rows, tokens
+        )
+        rest = []  # token means of this micro-batch, weighted below by its share of the rows
+        kl_loss, kl_stats = self.kl.loss(logprobs, r.ref_logprobs[idx], mask)
+        if kl_loss is not None:
+            rest.append(kl_loss)
+            stats.update(kl_stats)
         values = self._values(r, idx, states)
         if values is not None:
             vf_loss, vstats = value_loss(
                 values, r.values[idx], r.returns[idx], mask, self.ppo.clip_range_value
             )
-            loss = loss + self.ppo.vf_coef * vf_loss
+            rest.append(self.ppo.vf_coef * vf_loss)
             stats.update(vstats)
         with torch.no_grad():
             stats["entropy"] = masked_mean(entropy_from_logits(logits), mask)
-        return loss, {**stats, "loss": loss.detach()}
+            stats["loss"] = stats["policy_loss"] + sum(x.detach() for x in rest)
+        if rest:
+            loss = loss + sum(rest) * (len(idx) / rows)
+        return loss, stats
 
     def _minibatch_step(self, r: Rollout, minibatch: Tensor, totals: dict[str, Tensor]) -> int:
         """One optimizer step on ``minibatch`` (rows of the rollout), accumulated over micro-batches.
 
-        Each micro-batch's loss is a token mean, weighted by its share of the minibatch's rows.
+        Each micro-batch's loss is its share of the minibatch's (``policy_loss`` aggregation).
         Returns the number of micro-batches whose statistics were added to ``totals``.
         """
         opt = self.optimizers()
+        rows, tokens = len(minibatch), r.response_mask[minibatch].sum()
         done = 0
-        for m in minibatch.split(self.ppo.micro_batch_size or len(minibatch)):
-            loss, stats = self._loss(r, m)
+        for m in minibatch.split(self.ppo.micro_batch_size or rows):
+            loss, stats = self._loss(r, m, rows, tokens)
             if not self.check_finite("loss", loss):
                 opt.zero_grad()  # the step is skipped whole: no half-accumulated gradient
                 return done
-            self.manual_backward(loss * len(m) / len(minibatch))
+            self.manual_backward(loss)
             for key, value in stats.items():  # summed on the device: no sync per micro-batch
                 totals[key] = totals.get(key, 0.0) + value.detach().float()
             done += 1
@@ -561,62 +395,33 @@ class PPOModule(PolicyModule):
             return
         t0 = time.perf_counter()
         stats = self.update(rollout)
-        info["time/update"] = time.perf_counter() - t0
-        self._log_iteration(rollout, info, stats)
-
-    def _log_iteration(self, r: Rollout, info: dict[str, Any], stats: dict[str, Tensor]) -> None:
-        mask = r.response_mask.float()
-        log_ratio = r.logprobs - r.ref_logprobs  # (B, R), log π_old − log π_ref
-        per_seq = {
-            name: (fn(r.logprobs, r.ref_logprobs) * mask).sum(1).mean()
-            for name, fn in KL_ESTIMATORS.items()
-        }
-        eos = (r.response_ids == self.tokenizer.eos_token_id).any(dim=1).float()
-        metrics = {
-            "train/reward": info["raw_scores"].mean(),
-            "train/reward_shaped": r.scores.mean(),
-            "train/reward_with_penalty": (r.rewards * mask).sum(1).mean(),
-            **{f"train/kl_{name}": v for name, v in per_seq.items()},
-            "train/kl": (log_ratio * mask).sum(1).mean(),
-            "train/beta": torch.tensor(self.kl_controller.beta),
-            "train/response_length": mask.sum(1).mean(),
-            "train/eos_rate": eos.mean(),
-            **{f"train/{k}": v for k, v in stats.items()},
-            **info["rollout"],
-            **{
-                k: torch.tensor(info[k]) for k in ("time/generation", "time/scoring", "time/update")
-            },
-        }
-        if self.advantage.needs_critic:
-            returns_var = masked_var(r.returns, mask)
-            explained = 1 - masked_var(r.returns - r.values, mask) / returns_var.clamp(min=1e-8)
-            metrics["train/explained_variance"] = explained
-        if self.oracle is not None:
-            metrics["train/oracle_score"] = self.oracle(info["prompts"], info["texts"]).mean()
-        metrics.update(
-            {f"train/reward/{k}": torch.tensor(v) for k, v in info["reward_stats"].items()}
+        info.update_s = time.perf_counter() - t0
+        kl = sequence_kl(rollout.logprobs, rollout.ref_logprobs, rollout.response_mask)
+        self._log_iteration(rollout, info, stats, kl)
+        # β follows this rollout's KL, averaged over ranks so that all keep one β
+        kl_mean = self.trainer.strategy.reduce(kl[self.kl.estimator].detach(), reduce_op="mean")
+        self.kl.update(
+            float(kl_mean), n_steps=rollout.response_ids.shape[0] * self.trainer.world_size
         )
+
+    def _log_iteration(
+        self, r: Rollout, info: RolloutStats, stats: dict[str, Tensor], kl: dict[str, Tensor]
+    ) -> None:
+        metrics = iteration_metrics(
+            r, info, stats, kl, self.kl.beta, self.tokenizer.eos_token_id,
+            with_critic=self.value_model is not None,
+        )  # fmt: skip
+        if self.oracle is not None:
+            metrics["train/oracle_score"] = self.oracle(info.prompts, info.texts).mean()
         self.log_dict(metrics, sync_dist=True, prog_bar=False)
         self.last_metrics = {k: float(v) for k, v in metrics.items() if k.startswith("train/")}
         self.log("reward", metrics["train/reward"], prog_bar=True, logger=False)
-        self.log("kl", metrics["train/kl"], prog_bar=True, logger=False)
-        # the controller sees the KL of this rollout, averaged over ranks so all keep one β
-        kl_mean = self.trainer.strategy.reduce(
-            metrics[f"train/kl_{self.kl_estimator}"].detach(), reduce_op="mean"
-        )
-        self.kl_controller.update(
-            float(kl_mean), n_steps=r.response_ids.shape[0] * self.trainer.world_size
-        )
-        if (
-            self.log_samples_every_n_steps
-            and (self.iteration - 1) % self.log_samples_every_n_steps == 0
-        ):
+        self.log("kl", metrics["train/kl_k1"], prog_bar=True, logger=False)
+        every = self.log_samples_every_n_iterations  # in iterations
+        if every and (self.iteration - 1) % every == 0:
             from lightning_rlhf.logs import log_samples
 
-            rows = [
-                [p, t, float(s)]
-                for p, t, s in zip(info["prompts"], info["texts"], info["raw_scores"])
-            ]
+            rows = [[p, t, float(s)] for p, t, s in zip(info.prompts, info.texts, info.raw_scores)]
             log_samples(self.trainer, "train/samples", ["prompt", "response", "reward"], rows[:16])
 
     # ----------------------------------------------------------------------------- validation
@@ -652,20 +457,11 @@ class PPOModule(PolicyModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)  # refuses non-finite weights
-        checkpoint["kl_controller"] = self.kl_controller.state_dict()
-        checkpoint["rng"] = {
-            "torch": torch.get_rng_state(),
-            "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        }
+        checkpoint["kl_controller"] = self.kl.state_dict()  # the key checkpoints have always used
+        checkpoint["rng"] = rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "kl_controller" in checkpoint:
-            self.kl_controller.load_state_dict(checkpoint["kl_controller"])
-        rng = checkpoint.get("rng")
-        if rng is not None:
-            torch.set_rng_state(rng["torch"])
-            random.setstate(rng["python"])
-            if rng.get("cuda") is not None and torch.cuda.is_available():
-                with contextlib.suppress(RuntimeError):
-                    torch.cuda.set_rng_state_all(rng["cuda"])
+        if "kl_controller" in checkpoint:  # β, saved before and after the KL became a component
+            self.kl.load_state_dict(checkpoint["kl_controller"])
+        if checkpoint.get("rng") is not None:
+            set_rng_state(checkpoint["rng"])

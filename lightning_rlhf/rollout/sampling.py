@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplingOptions:
     """How responses are sampled.
 

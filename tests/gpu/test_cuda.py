@@ -39,7 +39,8 @@ def plugin(class_path: str, **init_args) -> dict:
 
 def fit(stage, out: Path, model, data: Path, max_steps: int, *overrides, val_every=0,
         precision="bf16-mixed"):  # fmt: skip
-    """``configs/<stage>.yaml`` from ``model`` on ``<data>_{train,val}.jsonl``, ``max_steps`` long,
+    """``configs/<stage>.yaml`` (GRPO's and RLOO's on top of configs/ppo.yaml) from ``model`` on
+    ``<data>_{train,val}.jsonl``, ``max_steps`` long,
     validated at the end (or every ``val_every`` training batches). CSV logs only: the configs'
     WandbLogger needs wandb, which a GPU machine may lack. Returns ``({step: metrics}, export)``."""
     logger = plugin("lightning.pytorch.loggers.CSVLogger", save_dir=str(out))
@@ -48,8 +49,9 @@ def fit(stage, out: Path, model, data: Path, max_steps: int, *overrides, val_eve
         plugin("lightning.pytorch.callbacks.ModelCheckpoint", dirpath=str(out / "ckpt"),
                every_n_train_steps=max_steps),
     ]  # fmt: skip
+    base = ["--config", str(ROOT / "configs/ppo.yaml")] if stage in ("grpo", "rloo") else []
     run_cli(
-        "fit", "--config", str(ROOT / f"configs/{stage}.yaml"),
+        "fit", *base, "--config", str(ROOT / f"configs/{stage}.yaml"),
         "--trainer.accelerator", accelerator(), "--trainer.devices", "1",
         "--trainer.precision", precision, "--trainer.max_steps", str(max_steps),
         "--trainer.val_check_interval", str(val_every or max_steps),
@@ -103,7 +105,7 @@ def rl(stage, tmp_path_factory, sft, rm, task_dir, iterations, *extra, precision
     """``iterations`` of the config's 4 PPO epochs x 1 minibatch: policy and reference the SFT
     export, reward (and, for PPO, critic) the reward model's export."""
     reward = plugin(f"lightning_rlhf.{reward_class}", name_or_path=str(rm[1]))
-    critic = ["--model.critic_name_or_path", str(rm[1])] if stage == "ppo" else []
+    critic = ["--model.critic.init_args.name_or_path", str(rm[1])] if stage == "ppo" else []
     out = tmp_path_factory.mktemp(stage)
     return fit(stage, out, sft[1], task_dir / "prompts", 4 * iterations, *RL_ARGS, *critic,
                "--model.reward", json.dumps(reward), *extra, val_every=iterations,
@@ -146,7 +148,7 @@ def test_rl_metrics_finite_and_policy_moves(stage, request, sft):
     metrics, export = request.getfixturevalue(stage)
     assert_all_finite(metrics)
     assert len(series(metrics, "train/reward")) == 3
-    for key in ("train/kl", "train/policy_loss", "val/reward"):
+    for key in ("train/kl_k1", "train/policy_loss", "val/reward"):
         assert series(metrics, key), key
     assert bool(series(metrics, "train/value_loss")) == (stage == "ppo")  # GRPO has no critic
     assert_trained(export, sft[1])
@@ -199,8 +201,11 @@ def test_ppo_with_policy_reference_critic_and_reward_on_one_base(
     themselves: Lightning's own clipping refuses fused optimisers there)."""
     assert (rm_adapter[1] / "adapter_config.json").exists()
     lora = json.dumps({"r": 8})
+    critic = json.dumps(
+        {"class_path": "lightning_rlhf.LoraCritic", "init_args": {"lora": {"r": 8}}}
+    )
     metrics, export = rl("ppo", tmp_path_factory, sft, rm_adapter, task_dir, 2,
-                         "--model.model.lora", lora, "--model.critic_lora", lora,
+                         "--model.model.lora", lora, "--model.critic", critic,
                          "--model.optimizer.init_args.fused", "true",
                          reward_class="RewardAdapter")  # fmt: skip
     assert_all_finite(metrics)

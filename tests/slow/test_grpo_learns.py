@@ -40,7 +40,8 @@ def test_grpo_with_a_verifiable_reward_raises_the_held_out_oracle_score(tmp_path
     )  # fmt: skip
     iterations = 20
     run_cli(
-        "fit", "--config", str(ROOT / "configs/grpo_verifiable.yaml"),
+        "fit", "--config", str(ROOT / "configs/ppo.yaml"),
+        "--config", str(ROOT / "configs/grpo_verifiable.yaml"),
         "--model.model_name_or_path", str(d / "sft"),
         "--data.train_path", str(d / "task/prompts_train.jsonl"), "--data.val_path", "null",
         "--trainer.max_steps", str(iterations * 4),  # x ppo_epochs 4 x num_minibatches 1

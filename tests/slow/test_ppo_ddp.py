@@ -51,7 +51,7 @@ def test_ddp_two_ranks_train_on_different_prompts_and_export(tmp_path, task_dir)
         "fit", "--config", str(ROOT / "configs/ppo.yaml"),
         "--model.model_name_or_path", str(d / "policy"),
         "--model.reward", json.dumps(reward),
-        "--model.critic_name_or_path", "null",  # a value head on the policy's trunk
+        "--model.critic", "lightning_rlhf.ValueHead",  # a value head on the policy's trunk
         "--model.sampling.max_new_tokens", "4",
         "--model.eval_sampling.max_new_tokens", "4",
         "--model.ppo.ppo_epochs", "1", "--model.ppo.num_minibatches", "2",

@@ -106,7 +106,7 @@ import json, sys
 from functools import partial
 import lightning as L
 import torch
-from lightning_rlhf import PromptDataModule
+from lightning_rlhf import PromptDataModule, ValueHead
 from lightning_rlhf.modules.ppo import PPOModule, PPOOptions
 from lightning_rlhf.optim import ScheduleOptions
 from lightning_rlhf.rollout import SamplingOptions
@@ -123,17 +123,17 @@ def reward(prompts, responses):  # rank 0's second rollout scores NaN
 
 
 module = PPOModule(
-    model_dir, reward=reward, critic_name_or_path=None, nan_policy="skip",
+    model_dir, reward=reward, critic=ValueHead(), nan_policy="skip",
     optimizer=partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.0),
     schedule=ScheduleOptions(warmup_steps=0, decay="constant"),
     sampling=SamplingOptions(max_new_tokens=4),
-    ppo=PPOOptions(ppo_epochs=1, num_minibatches=2), log_samples_every_n_steps=0,
+    ppo=PPOOptions(ppo_epochs=1, num_minibatches=2), log_samples_every_n_iterations=0,
 )
 loss_fn, calls = module._loss, []
 
 
-def poisoned(r, idx):  # rank 1's third minibatch loss is NaN
-    loss, stats = loss_fn(r, idx)
+def poisoned(r, idx, *minibatch):  # rank 1's third minibatch loss is NaN
+    loss, stats = loss_fn(r, idx, *minibatch)
     calls.append(1)
     if len(calls) == 3 and module.global_rank == 1:
         loss = loss * float("nan")

@@ -81,8 +81,8 @@ def fit_args(d, task_dir, name, callbacks, max_steps=ITERATIONS * STEPS_PER_ITER
         "fit", "--config", str(ROOT / "configs/ppo.yaml"),
         "--model.model_name_or_path", str(d / "policy"),
         "--model.reward", json.dumps(reward),
-        "--model.critic_name_or_path", str(d / "rm"),
-        "--model.kl_controller", json.dumps(kl),
+        "--model.critic.init_args.name_or_path", str(d / "rm"),
+        "--model.kl.init_args.controller", json.dumps(kl),
         "--model.optimizer.init_args.lr", "0.003",
         "--model.schedule.warmup_steps", "5",  # the warm-up spans the resume point
         "--model.sampling.max_new_tokens", "4",
@@ -170,9 +170,57 @@ def test_killed_and_resumed_run_logs_what_the_uninterrupted_run_logged(run_a, mo
                 assert key in a[step], (step, key)
                 assert value == pytest.approx(a[step][key], rel=1e-5, abs=1e-6), (step, key)
                 compared += 1
-    assert compared > 20 * ITERATIONS  # reward, KL estimators, β, losses, entropy, ...
+    assert compared >= 20 * ITERATIONS  # reward, KL estimators, β, losses, entropy, ...
     # validation after the resume point scored the same greedy answers
     val = [s for s, row in resumed.items() if "val/reward" in row]
     assert val and all(
         resumed[s]["val/reward"] == pytest.approx(a[s]["val/reward"], rel=1e-5) for s in val
     )
+
+
+# the method overlays of configs/ppo.yaml, and what their logs must show
+OVERLAYS = {
+    "grpo.yaml": {"train/kl_loss"},
+    "rloo.yaml": set(),
+    "grpo_verifiable.yaml": {"train/kl_loss"},
+    "gspo.yaml": {"train/kl_loss"},
+}
+
+
+# about 40 s each on 2 CPU cores: GRPO's runs by default, all of them under -m slow
+@pytest.mark.parametrize(
+    "overlay",
+    [o if o == "grpo.yaml" else pytest.param(o, marks=pytest.mark.slow) for o in OVERLAYS],
+)
+def test_method_overlay_on_the_ppo_config_trains_two_steps(overlay, models, task_dir):
+    """``--config configs/ppo.yaml --config configs/<method>.yaml``: two optimizer steps of the
+    method, no critic, its own metrics, an export."""
+    d, name = models, overlay.removesuffix(".yaml")
+    reward = {
+        "class_path": "lightning_rlhf.RewardModel",
+        "init_args": {"name_or_path": str(d / "rm")},
+    }
+    keep_reward = overlay == "grpo_verifiable.yaml"  # its reward is the task's checker
+    export = {"class_path": "lightning_rlhf.HFExport", "init_args": {"dirpath": str(d / name)}}
+    cli(
+        "fit", "--config", str(ROOT / "configs/ppo.yaml"), "--config", str(ROOT / "configs" / overlay),
+        "--model.model_name_or_path", str(d / "policy"),
+        *([] if keep_reward else ["--model.reward", json.dumps(reward)]),
+        "--model.sampling.max_new_tokens", "4", "--model.eval_sampling.max_new_tokens", "4",
+        "--model.ppo.ppo_epochs", "1", "--model.ppo.num_minibatches", "1",
+        "--data.train_path", str(task_dir / "prompts_train.jsonl"), "--data.val_path", "null",
+        "--data.batch_size", "2",  # x 8 samples per prompt
+        "--trainer.max_steps", "2", "--trainer.log_every_n_steps", "1",
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+        "--trainer.logger.save_dir", str(d / f"{name}_logs"),
+        "--trainer.callbacks", json.dumps([export]),
+        cwd=d,
+    )  # fmt: skip
+    rows = [m for m in read_metrics(d / f"{name}_logs").values() if "train/reward" in m]
+    assert len(rows) == 2
+    for key in {"train/policy_loss", "train/kl_k3", *OVERLAYS[overlay]}:
+        assert all(key in m and m[key] == m[key] for m in rows), key  # logged, not NaN
+    assert not any("train/value_loss" in m for m in rows)  # no critic
+    if not OVERLAYS[overlay]:  # the KL in the reward
+        assert not any("train/kl_loss" in m for m in rows)
+    assert (d / name / "model.safetensors").exists()

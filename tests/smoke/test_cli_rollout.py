@@ -39,10 +39,11 @@ def test_rl_configs_run_with_each_engine(models, task_dir, config, engine):
     steps_per_iteration = 1  # ppo_epochs 1 x num_minibatches 1
     group = 4 if config == "grpo" else 1
     run_cli(
-        "fit", "--config", str(ROOT / f"configs/{config}.yaml"),
+        "fit", "--config", str(ROOT / "configs/ppo.yaml"),
+        *([] if config == "ppo" else ["--config", str(ROOT / f"configs/{config}.yaml")]),
         "--model.model_name_or_path", str(d / "policy"),
         "--model.reward", json.dumps(reward),
-        *(["--model.critic_name_or_path", str(d / "rm")] if config == "ppo" else []),
+        *(["--model.critic.init_args.name_or_path", str(d / "rm")] if config == "ppo" else []),
         "--model.ppo.samples_per_prompt", str(group),
         "--model.rollout", json.dumps({"class_path": f"lightning_rlhf.rollout.{engine}"}),
         "--model.sampling.max_new_tokens", "6",

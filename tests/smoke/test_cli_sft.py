@@ -99,7 +99,17 @@ def test_missing_model_path_fails_before_training(tmp_path):
 def test_every_shipped_config_parses():
     configs = sorted((ROOT / "configs").rglob("*.yaml"))
     assert configs, "no configs found"
-    overlays = {"ppo_ensemble.yaml": "configs/ppo.yaml"}  # what they are read on top of
+    # what they are read on top of
+    overlays = {
+        name: "configs/ppo.yaml"
+        for name in (
+            "ppo_ensemble.yaml",
+            "grpo.yaml",
+            "rloo.yaml",
+            "grpo_verifiable.yaml",
+            "gspo.yaml",
+        )
+    }
     for path in configs:
         base = ["--config", str(ROOT / overlays[path.name])] if path.name in overlays else []
         proc = cli("fit", *base, "--config", str(path), "--print_config", cwd=ROOT, check=False)

@@ -279,14 +279,15 @@ def test_nan_values_in_ppo_stop_at_the_iteration_naming_the_advantages(
     tiny_model_dir, task_dir, tmp_path
 ):
     """The value head turns NaN before iteration 2 (optimizer step 2): its advantages are NaN."""
+    from lightning_rlhf.critics import ValueHead
     from lightning_rlhf.modules.ppo import PPOModule, PPOOptions
     from lightning_rlhf.rewards import TaskOracle
     from lightning_rlhf.rollout import SamplingOptions
 
     module = PPOModule(
-        tiny_model_dir, reward=TaskOracle(), critic_name_or_path=None,
+        tiny_model_dir, reward=TaskOracle(), critic=ValueHead(),
         sampling=SamplingOptions(max_new_tokens=4), ppo=PPOOptions(ppo_epochs=1, num_minibatches=1),
-        log_samples_every_n_steps=0,
+        log_samples_every_n_iterations=0,
     )  # fmt: skip
     prompts = PromptDataModule(
         str(task_dir / "prompts_train.jsonl"), None, tiny_model_dir, val_fraction=0.0,

@@ -303,11 +303,12 @@ def test_unknown_key_in_a_config_file_names_it(tmp_path):
 
 def test_impossible_ppo_value_is_one_line_naming_the_field(tmp_path):
     proc = run_cli(
-        "fit", "--model", "lightning_rlhf.PPOModule", "--model.ppo.clip_range", "0",
+        "fit", "--model", "lightning_rlhf.PPOModule",
+        "--model.policy_loss", "lightning_rlhf.ClippedSurrogate", "--model.policy_loss.clip_range", "0",
         "--data", "lightning_rlhf.PromptDataModule", cwd=tmp_path, check=False, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "error: ValueError: ppo.clip_range must be > 0, got 0.0" in proc.stderr
+    assert "policy_loss.clip_range must be > 0, got 0.0" in proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -334,7 +335,7 @@ def test_a_response_longer_than_the_context_is_refused_before_training(
     err = cli_error(
         capsys, "fit", "--config", str(ROOT / "configs/ppo.yaml"),
         "--model.model_name_or_path", tiny_model_dir, "--model.reward", "lightning_rlhf.TaskOracle",
-        "--model.critic_name_or_path", "null", "--model.sampling.max_new_tokens", "100",
+        "--model.critic", "lightning_rlhf.ValueHead", "--model.sampling.max_new_tokens", "100",
         "--data.train_path", str(task_dir / "prompts_train.jsonl"), "--data.val_path", "null",
         "--data.max_prompt_length", "64", "--trainer.logger", "false", "--trainer.max_steps", "1",
     )  # fmt: skip

@@ -246,6 +246,29 @@ def test_step_scores_each_rows_response_against_the_frozen_copy(tiny_model_dir, 
     assert loss.requires_grad
 
 
+def test_ipo_on_length_normalised_logprobs_is_trls_form(tiny_model_dir, pairs_file):
+    """``average_logprobs``: IPO's h from each response's mean token log-prob (TRL's IPO), not
+    the sum; the reference log-probs likewise."""
+    module = DPOModule(tiny_model_dir, beta=0.3, loss_type="ipo", average_logprobs=True)
+    module.configure_model()
+    perturb(module.model)
+    module.model.eval()
+    dm = pair_data(pairs_file, tiny_model_dir, batch_size=12)
+    loss, _ = step(module, next(iter(dm.val_dataloader())))
+    data, base = dm.val_set, load_causal_lm(tiny_model_dir).eval()
+    n = {
+        k: torch.tensor([float(e[f"{k}_response_len"]) for e in data])
+        for k in ("chosen", "rejected")
+    }
+    pc, pr = (direct_logps(module.model, data, k) / n[k] for k in ("chosen", "rejected"))
+    rc, rr = (direct_logps(base, data, k) / n[k] for k in ("chosen", "rejected"))
+    h = (pc - rc) - (pr - rr)
+    close(loss.detach(), ((h - 1 / (2 * 0.3)) ** 2).mean(), atol=1e-5)
+    module.average_logprobs = False  # the summed form, same model and data
+    summed, _ = step(module, next(iter(dm.val_dataloader())))
+    assert abs(summed.item() - loss.item()) > 1e-3  # the option changes the loss
+
+
 def test_the_collated_response_positions_save_the_step_a_device_read_per_forward(
     tiny_model_dir, pairs_file
 ):

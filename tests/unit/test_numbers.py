@@ -19,6 +19,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lightning_rlhf.critics import ValueHead
 from lightning_rlhf.data import PreferenceDataModule, SFTDataModule
 from lightning_rlhf.data.load import load_split
 from lightning_rlhf.data.preference import fit_pair
@@ -108,9 +109,9 @@ class AlwaysNaN(RewardFunction):
 def test_ppo_with_an_always_nan_reward_under_skip_stops(tiny_model_dir, task_dir, tmp_path):
     """PPO reward always NaN under skip -> stops after 10 skipped iterations, naming rewards, count"""
     module = PPOModule(
-        tiny_model_dir, reward=AlwaysNaN(), critic_name_or_path=None, nan_policy="skip",
+        tiny_model_dir, reward=AlwaysNaN(), critic=ValueHead(), nan_policy="skip",
         sampling=SamplingOptions(max_new_tokens=4), ppo=PPOOptions(ppo_epochs=1, num_minibatches=1),
-        schedule=ScheduleOptions(warmup_steps=0, decay="constant"), log_samples_every_n_steps=0,
+        schedule=ScheduleOptions(warmup_steps=0, decay="constant"), log_samples_every_n_iterations=0,
     )  # fmt: skip
     assert module.max_consecutive_skips == 10
     data = PromptDataModule(
@@ -262,7 +263,7 @@ def test_ppo_with_greedy_rollouts_is_refused(tiny_model_dir):
     with pytest.raises(ValueError, match=r"model.sampling.temperature: 0 .* greedy"):
         PPOModule(tiny_model_dir, reward=AlwaysNaN(), sampling=SamplingOptions(temperature=0.0))
     module = PPOModule(
-        tiny_model_dir, reward=AlwaysNaN(), critic_name_or_path=None,
+        tiny_model_dir, reward=AlwaysNaN(), critic=ValueHead(),
         eval_sampling=SamplingOptions(temperature=0.0),
     )  # fmt: skip
     assert module.eval_sampling.temperature == 0.0

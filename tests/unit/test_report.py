@@ -28,7 +28,7 @@ def test_report_has_the_score_table_and_one_plot_per_logged_curve(tmp_path):
     runs = tmp_path / "runs"
     write_csv(
         runs / "ppo/csv/version_0/metrics.csv",
-        [{"step": s, "train/kl": s / 10, "train/reward": s} for s in range(5)],
+        [{"step": s, "train/kl_k1": s / 10, "train/reward": s} for s in range(5)],
     )
     summary = {
         "oracle_score": {
@@ -46,6 +46,6 @@ def test_report_has_the_score_table_and_one_plot_per_logged_curve(tmp_path):
     assert "| ppo | 0.750 | 0.60 | 20 s |" in text
     assert "pairwise accuracy 0.900" in text and "KL(π‖πref) 0.400" in text
     pngs = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
-    assert pngs == ["ppo_train_kl.png", "ppo_train_reward.png"]  # SFT/RM logs absent: no plots
+    assert pngs == ["ppo_train_kl_k1.png", "ppo_train_reward.png"]  # SFT/RM logs absent: no plots
     assert all(f"]({name})" in text for name in pngs)
     assert (tmp_path / "out" / pngs[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -9,6 +9,7 @@ from functools import partial
 import torch
 
 from lightning_rlhf import PPOModule, PromptDataModule, SFTModule
+from lightning_rlhf.critics import ValueHead
 from lightning_rlhf.evaluate import answer_prompts
 from lightning_rlhf.optim import ScheduleOptions
 from lightning_rlhf.rollout import HFRollout, PagedRollout, SamplingOptions
@@ -34,9 +35,9 @@ def length_score(prompts, responses):
 def test_ppo_samples_with_its_engine_bound_to_the_policy(tiny_model_dir, task_dir, tokenizer):
     engine = Recording()
     module = PPOModule(
-        tiny_model_dir, reward=length_score, critic_name_or_path=None,
+        tiny_model_dir, reward=length_score, critic=ValueHead(),
         optimizer=partial(torch.optim.AdamW, lr=1e-3), schedule=ScheduleOptions(warmup_steps=0),
-        sampling=SamplingOptions(max_new_tokens=5), log_samples_every_n_steps=0, rollout=engine,
+        sampling=SamplingOptions(max_new_tokens=5), log_samples_every_n_iterations=0, rollout=engine,
     )  # fmt: skip
     module.configure_model()
     data = PromptDataModule(
@@ -52,7 +53,7 @@ def test_ppo_samples_with_its_engine_bound_to_the_policy(tiny_model_dir, task_di
         ("generate", rows, tokenizer.eos_token_id, tokenizer.pad_token_id),
     ]
     assert engine.weight_version == 0
-    metrics = info["rollout"]
+    metrics = info.engine
     assert metrics["rollout/tokens"] == rollout.response_mask.sum()
     assert metrics["rollout/response_length_max"] <= 5
 

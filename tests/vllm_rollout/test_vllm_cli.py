@@ -36,9 +36,10 @@ def test_rl_cli_trains_with_the_vllm_engine(tmp_path, task_dir, stage, group):
         "init_args": {"dtype": "float32", "enforce_eager": True},
     }
     run_cli(
-        "fit", "--config", str(ROOT / f"configs/{stage}.yaml"),
+        "fit", "--config", str(ROOT / "configs/ppo.yaml"),
+        *([] if stage == "ppo" else ["--config", str(ROOT / f"configs/{stage}.yaml")]),
         "--model.model_name_or_path", "policy",
-        *(["--model.critic_name_or_path", "rm"] if stage == "ppo" else []),
+        *(["--model.critic.init_args.name_or_path", "rm"] if stage == "ppo" else []),
         "--model.reward", json.dumps(reward),
         "--model.rollout", json.dumps(engine),
         "--model.sampling.max_new_tokens", "4", "--model.eval_sampling.max_new_tokens", "4",
