@@ -33,6 +33,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 import lightning_rlhf
 from lightning_rlhf import HFExport, PreferenceDataModule, SFTDataModule
 from lightning_rlhf.cli import AtomicCheckpointIO
+from lightning_rlhf.data.base import TextDataModule
 from lightning_rlhf.data.prompts import PromptDataModule
 from lightning_rlhf.models import export_hf, load_causal_lm, load_scalar_model, load_tokenizer
 from lightning_rlhf.modules.reward import RewardModule
@@ -516,10 +517,14 @@ def test_the_package_never_unpickles_and_trusts_no_remote_code_by_default():
         ModelOptions().trust_remote_code,
         *(
             inspect.signature(cls).parameters["trust_remote_code"].default
-            for cls in (RewardModel, SFTDataModule, PreferenceDataModule, PromptDataModule)
+            for cls in (RewardModel, TextDataModule)  # the data modules' shared options
+        ),
+        *(
+            cls().trust_remote_code
+            for cls in (SFTDataModule, PreferenceDataModule, PromptDataModule)
         ),
     ]
-    assert defaults == [False] * 5
+    assert defaults == [False] * 6
 
 
 def test_a_resumed_python_run_reads_its_own_checkpoint_safely(tiny_model_dir, task_dir, tmp_path):
