@@ -6,21 +6,13 @@ For any policy, prompts and reward, with intervals and win rates, see ``lightnin
 
 from __future__ import annotations
 
-import sys
 from collections import defaultdict
 
-import torch
-from tqdm import tqdm
-
-from lightning_rlhf.data.collate import collate_prompts
 from lightning_rlhf.data.load import load_split, require_columns
-from lightning_rlhf.data.text import encode_prompt
-from lightning_rlhf.models import load_causal_lm, load_tokenizer
 from lightning_rlhf.rewards import RewardFunction, TaskOracle
-from lightning_rlhf.rollout import HFRollout, RolloutEngine, SamplingOptions, decode_responses
+from lightning_rlhf.rollout import RolloutEngine, SamplingOptions
 
 
-@torch.no_grad()
 def answer_prompts(
     model_dir: str,
     prompts: list[str],
@@ -30,33 +22,16 @@ def answer_prompts(
     rollout: RolloutEngine | None = None,
 ) -> list[str]:
     """The policy's answer to each prompt, in order (greedy, 8 new tokens by default), sampled by
-    ``rollout`` (None: ``HFRollout()``).
+    ``rollout`` (None: ``HFRollout()``) from the torch random stream as it is.
 
     Shows a progress bar with the rate in prompts/s on stderr unless ``progress`` is False.
     """
+    from lightning_rlhf.evaluation.policy_eval import sample_responses
+
     sampling = sampling or SamplingOptions(max_new_tokens=8, temperature=0.0)
-    tokenizer = load_tokenizer(model_dir)
-    model = load_causal_lm(model_dir).eval()
-    engine = (rollout or HFRollout()).bind(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    answers: list[str] = []
-    bar = tqdm(
-        total=len(prompts),
-        desc=f"answering ({model_dir})",
-        unit="prompt",
-        file=sys.stderr,
-        disable=not progress,
-    )
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        batch = collate_prompts(
-            [{"prompt_ids": encode_prompt(tokenizer, p), "prompt": p} for p in chunk],
-            tokenizer.pad_token_id,
-        )  # (b, P) left-padded
-        generation = engine.generate(batch.input_ids, batch.attention_mask, sampling)
-        answers += decode_responses(tokenizer, generation.response_ids, generation.response_mask)
-        bar.update(len(chunk))
-    bar.close()
-    return answers
+    rows = [{"prompt": p} for p in prompts]
+    responses = sample_responses(model_dir, rows, sampling, 1, batch_size, None, rollout, progress)
+    return [r[0]["response"] for r in responses]
 
 
 def evaluate_policy(

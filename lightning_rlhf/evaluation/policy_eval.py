@@ -97,20 +97,49 @@ def sample_responses(
     sampling: SamplingOptions,
     samples_per_prompt: int = 1,
     batch_size: int = 64,
-    seed: int = 0,
+    seed: int | None = 0,
     rollout: RolloutEngine | None = None,
+    progress: bool = False,
 ) -> list[list[dict]]:
-    """Per prompt, ``samples_per_prompt`` responses: {"response", "length" (tokens)}, sampled by
-    ``rollout`` (None: ``HFRollout()``), the engine the stages train with."""
+    """Per prompt row, ``samples_per_prompt`` responses: {"response", "length" (tokens)}, sampled by
+    ``rollout`` (None: ``HFRollout()``), the engine the stages train with.
+
+    A row is {"prompt", "prompt_ids"} as ``load_prompts`` gives, or just {"prompt"}: the text is
+    then encoded with the policy's tokenizer. ``seed`` seeds torch first (None: the stream as it
+    is). ``progress`` shows a bar with the rate in prompts/s on stderr.
+    """
+    import sys
+
+    from tqdm import tqdm
+
     from lightning_rlhf.data.collate import collate_prompts
+    from lightning_rlhf.data.text import encode_prompt
     from lightning_rlhf.models import load_causal_lm, load_tokenizer
     from lightning_rlhf.rollout import HFRollout, decode_responses
 
-    torch.manual_seed(seed)
-    tokenizer = load_tokenizer(model_dir)
-    model = load_causal_lm(model_dir).eval()
+    if seed is not None:
+        torch.manual_seed(seed)
+    try:
+        tokenizer = load_tokenizer(model_dir)
+        model = load_causal_lm(model_dir).eval()
+    except Exception as err:
+        raise ValueError(
+            f"policy {model_dir!r} could not be loaded ({type(err).__name__}: {err}); pass the "
+            "directory a stage exported (config.json, weights, tokenizer)"
+        ) from err
     engine = (rollout or HFRollout()).bind(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    rows = [
+        r if "prompt_ids" in r else r | {"prompt_ids": encode_prompt(tokenizer, r["prompt"])}
+        for r in rows
+    ]
     flat = [r for r in rows for _ in range(samples_per_prompt)]
+    bar = tqdm(
+        total=len(rows),
+        desc=f"answering ({model_dir})",
+        unit="prompt",
+        file=sys.stderr,
+        disable=not progress,
+    )
     out: list[dict] = []
     for start in range(0, len(flat), batch_size):
         chunk = flat[start : start + batch_size]
@@ -119,6 +148,8 @@ def sample_responses(
         texts = decode_responses(tokenizer, gen.response_ids, gen.response_mask)
         lengths = gen.response_mask.sum(dim=1).tolist()
         out += [{"response": t, "length": int(n)} for t, n in zip(texts, lengths)]
+        bar.update(len(chunk) / samples_per_prompt)
+    bar.close()
     k = samples_per_prompt
     return [out[i * k : (i + 1) * k] for i in range(len(rows))]
 

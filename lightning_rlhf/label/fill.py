@@ -10,9 +10,10 @@ from pathlib import Path
 
 import torch
 
+from lightning_rlhf.evaluate import answer_prompts
 from lightning_rlhf.label.db import LabelDB
 from lightning_rlhf.label.selection import priorities
-from lightning_rlhf.rollout import SamplingOptions, decode_responses, generate
+from lightning_rlhf.rollout import SamplingOptions
 
 
 def read_prompts(path: str) -> list[str]:
@@ -25,42 +26,6 @@ def read_prompts(path: str) -> list[str]:
     if not prompts:
         raise ValueError(f"{path}: the 'prompt' column holds no non-empty text")
     return prompts
-
-
-@torch.no_grad()
-def sample_responses(
-    model_dir: str, prompts: list[str], sampling: SamplingOptions, batch_size: int = 64
-) -> list[str]:
-    """One sampled response per prompt from the policy exported in ``model_dir``."""
-    from lightning_rlhf.data.collate import collate_prompts
-    from lightning_rlhf.data.text import encode_prompt
-    from lightning_rlhf.models import load_causal_lm, load_tokenizer
-
-    try:
-        tokenizer = load_tokenizer(model_dir)
-        model = load_causal_lm(model_dir).eval()
-    except Exception as err:
-        raise ValueError(
-            f"policy {model_dir!r} could not be loaded ({type(err).__name__}: {err}); pass the "
-            "directory a stage exported (config.json, weights, tokenizer)"
-        ) from err
-    out: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        batch = collate_prompts(
-            [{"prompt_ids": encode_prompt(tokenizer, p), "prompt": p} for p in chunk],
-            tokenizer.pad_token_id,
-        )  # (b, P) left-padded
-        g = generate(
-            model,
-            batch.input_ids,
-            batch.attention_mask,
-            sampling,
-            tokenizer.eos_token_id,
-            tokenizer.pad_token_id,
-        )
-        out += decode_responses(tokenizer, g.response_ids, g.response_mask)
-    return out
 
 
 def fill_queue(
@@ -98,8 +63,8 @@ def fill_queue(
     rng.shuffle(fresh)
     prompts = fresh[:need]
     torch.manual_seed(seed)
-    texts_a = sample_responses(policy, prompts, sampling)
-    texts_b = sample_responses(against or policy, prompts, sampling)
+    texts_a = answer_prompts(policy, prompts, sampling, 64, progress=False)
+    texts_b = answer_prompts(against or policy, prompts, sampling, 64, progress=False)
     keep = [i for i in range(len(prompts)) if texts_a[i] != texts_b[i]]
     identical = len(prompts) - len(keep)
     prompts, texts_a, texts_b = ([xs[i] for i in keep] for xs in (prompts, texts_a, texts_b))
