@@ -55,6 +55,11 @@ def models(tmp_path_factory):
     return d
 
 
+VALIDATE_AT_START = {
+    "class_path": "lightning_rlhf.callbacks.ValidateAtStart"
+}  # as configs/ppo.yaml
+
+
 def fit_args(d, task_dir, name, callbacks, max_steps=ITERATIONS * STEPS_PER_ITERATION):
     checkpoint = {
         "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
@@ -97,7 +102,7 @@ def fit_args(d, task_dir, name, callbacks, max_steps=ITERATIONS * STEPS_PER_ITER
         "--trainer.log_every_n_steps", "1",
         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
         "--trainer.logger.save_dir", str(d / name / "logs"),
-        "--trainer.callbacks", json.dumps([checkpoint, export, *callbacks]),
+        "--trainer.callbacks", json.dumps([checkpoint, export, VALIDATE_AT_START, *callbacks]),
     ]  # fmt: skip
 
 
@@ -115,7 +120,8 @@ def test_ppo_cli_trains_and_exports_a_loadable_policy(run_a, models):
     metrics = read_metrics(a / "logs")
     rewards = [m["train/reward"] for m in metrics.values() if "train/reward" in m]
     assert len(rewards) == ITERATIONS
-    assert any("val/reward" in m for m in metrics.values())  # validation ran (every 2 iterations)
+    val = sorted(s for s, m in metrics.items() if "val/reward" in m)
+    assert val[0] == 0 and len(val) == 1 + ITERATIONS // 2  # the start's, then every 2 iterations
     assert any("train/oracle_score" in m for m in metrics.values())  # the config's TaskOracle
     policy = AutoModelForCausalLM.from_pretrained(a / "export")
     initial = AutoModelForCausalLM.from_pretrained(models / "policy")
