@@ -50,7 +50,8 @@ def fit(tmp_path, callbacks, max_steps=7, ckpt_path=None):
 def val_steps(tmp_path):
     import csv
 
-    rows = list(csv.DictReader(open(tmp_path / "csv" / "version_0" / "metrics.csv")))
+    with open(tmp_path / "csv" / "version_0" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
     return [int(r["step"]) for r in rows if r.get("val/loss")]
 
 
