@@ -120,6 +120,14 @@ class RLHFCLI(LightningCLI):
     before_fit = before_validate = before_test = before_predict = _load_checkpoints_safely
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
+        from lightning_rlhf.callbacks.progress import RunProgressBar
+
+        config = self._get(self.config_init, "trainer", default={})
+        if config.get("enable_progress_bar") is False and isinstance(config.get("callbacks"), list):
+            # the shipped configs list the bar; `enable_progress_bar: false` turns it off
+            config["callbacks"] = [
+                c for c in config["callbacks"] if not isinstance(c, RunProgressBar)
+            ]
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's own plugin
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()

@@ -83,6 +83,15 @@ def test_print_config_help_and_validate(sft_run, tmp_path):
         cwd=tmp_path,
     )  # fmt: skip
     assert "val/oracle_score" in val.stdout
+    # the shipped callbacks list RunProgressBar: `enable_progress_bar false` still turns bars off
+    quiet = cli(
+        "validate", "--config", str(ROOT / "configs/sft.yaml"),
+        "--model.model_name_or_path", str(d / "sft"),
+        "--data.val_path", str(d / "task/sft_val.jsonl"), "--data.num_eval_prompts", "32",
+        "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert "val/oracle_score" in quiet.stdout  # Lightning refuses a bar callback with bars off
 
 
 def test_missing_model_path_fails_before_training(tmp_path):
