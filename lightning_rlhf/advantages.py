@@ -1,244 +1,61 @@
-"""Advantage estimation, KL penalties and KL controllers for RLHF.
+"""Advantage estimation for RLHF: GAE over a critic's values, and the group baselines of GRPO and
+RLOO; the estimators (``GAE``, ``GroupRelative``, ``LeaveOneOut``) are the RL stage's
+``advantage`` component.
 
-Pure PyTorch. Conventions used throughout:
-
-* ``B`` is the batch size, ``T`` the number of (response) tokens per row.
-* A ``mask`` is a float or bool tensor with 1 at valid tokens and 0 elsewhere. Masked positions
-  are *selected away* (``torch.where``), never multiplied by 0: a NaN or inf there (padding, a
-  ``-inf`` logit under top-k) cannot reach a valid position's result. Sums over an all-zero mask
-  are divided by ``max(count, 1)``, so empty masks give 0 rather than NaN.
-* Group and batch statistics are taken in float64 and a spread below :func:`zero_spread`'s
-  tolerance counts as none, so identical scores have advantage exactly 0.
+Pure PyTorch, with the conventions of ``masked.py`` (shapes, masks, float64 statistics). The
+masked statistics (``masked.py``) and the KL estimators and controllers (``kl.py``) can be
+imported from here too, as code and configs written against this module name them.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-# ---------------------------------------------------------------------------------------------
-# masked statistics
-# ---------------------------------------------------------------------------------------------
+from lightning_rlhf.kl import (
+    KL_ESTIMATORS,
+    AdaptiveKLController,
+    FixedKLController,
+    kl_k1,
+    kl_k2,
+    kl_k3,
+    penalized_rewards,
+)
+from lightning_rlhf.masked import (
+    masked_fill_zero,
+    masked_mean,
+    masked_var,
+    masked_whiten,
+    zero_spread,
+)
 
-
-def masked_fill_zero(x: Tensor, mask: Tensor) -> Tensor:
-    """``x`` where ``mask`` is 1, exactly 0 elsewhere (even where ``x`` is NaN or inf).
-
-    ``x * mask`` would keep ``nan * 0 = nan`` and ``inf * 0 = nan``; ``torch.where`` does not.
-
-    Args:
-        x: any shape, e.g. (B, T).
-        mask: same shape as ``x`` (or broadcastable to it).
-
-    Returns:
-        same shape as ``x``.
-    """
-    return torch.where(mask.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))
-
-
-def zero_spread(std: Tensor, x: Tensor, dim: int | None = None) -> Tensor:
-    """Whether a standard deviation is rounding noise: ``std <= 2 * eps(x.dtype) * max|x|``.
-
-    Values that differ by a few units in the last place of the dtype they came in (e.g. a
-    float32 sum of per-token rewards) have no real spread; dividing their residue by
-    ``std + eps`` would turn it into advantages of order 1 (eight float32 12.7s: +0.49 each).
-
-    Args:
-        std: the spread, 0-dim (``dim=None``) or with ``dim`` kept, e.g. (B/G, 1).
-        x: the values it was measured on, e.g. (B/G, G); their dtype sets the tolerance.
-        dim: the dimension reduced for ``std`` (``None``: all).
-
-    Returns:
-        bool tensor shaped like ``std``.
-    """
-    scale = x.abs().amax() if dim is None else x.abs().amax(dim=dim, keepdim=True)
-    return std <= 2 * torch.finfo(x.dtype).eps * scale.to(std.dtype)
-
-
-def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
-    """Mean of ``x`` over the positions where ``mask`` is 1.
-
-    ``sum(where(m, x, 0)) / max(sum(m), 1)`` over all elements (``dim=None``, 0-dim result) or
-    along ``dim`` (that dimension is reduced). NaN or inf at masked positions is ignored.
-
-    Args:
-        x: any shape, e.g. (B, T).
-        mask: same shape as ``x`` (or broadcastable to it).
-        dim: dimension to reduce; ``None`` reduces everything.
-
-    Returns:
-        0-dim tensor if ``dim is None``, else ``x`` with ``dim`` removed, e.g. (B,).
-    """
-    kept = masked_fill_zero(x, mask)
-    mask = mask.to(x.dtype)
-    if dim is None:
-        return kept.sum() / mask.sum().clamp(min=1)
-    return kept.sum(dim) / mask.sum(dim).clamp(min=1)
-
-
-def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
-    """Variance of ``x`` over all valid elements.
-
-    ``var = masked_mean((x - masked_mean(x))**2)``, multiplied by the Bessel correction
-    ``n / (n - 1)`` when ``unbiased`` and ``n = sum(mask) > 1`` (no correction for n <= 1).
-    Computed in float64, returned in ``x``'s dtype.
-
-    Args:
-        x: any shape, e.g. (B, T).
-        mask: same shape as ``x``.
-        unbiased: apply Bessel's correction.
-
-    Returns:
-        0-dim tensor.
-    """
-    x64 = x.double()
-    var = masked_mean((x64 - masked_mean(x64, mask)) ** 2, mask)
-    if unbiased:
-        n = mask.double().sum()
-        var = var * n / (n - 1).clamp(min=1)  # n <= 1: var is 0 and stays 0
-    return var.to(x.dtype)
-
-
-def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
-    """Normalise ``x`` to zero mean, unit variance over the valid elements.
-
-    ``y = (x - mean) / sqrt(var + eps)`` with ``mean``/``var`` from :func:`masked_mean` and
-    :func:`masked_var` (unbiased) over all valid elements; if ``shift_mean`` is False the
-    mean is added back (``y + mean``: rescale only). Masked positions are set to 0. Computed in
-    float64; values whose spread is rounding noise (:func:`zero_spread`) give ``y = 0``
-    (``mean`` when not ``shift_mean``), not their residue scaled up by ``1 / sqrt(eps)``.
-
-    Args:
-        x: any shape, e.g. (B, T).
-        mask: same shape as ``x``.
-        shift_mean: whether the output is centred (True) or keeps the original mean.
-        eps: added to the variance.
-
-    Returns:
-        same shape as ``x``.
-    """
-    kept = masked_fill_zero(x, mask)
-    x64 = kept.double()
-    mean = masked_mean(x64, mask)
-    var = masked_var(x64, mask, unbiased=True)
-    whitened = (x64 - mean) * torch.rsqrt(var + eps)
-    whitened = torch.where(zero_spread(var.sqrt(), kept), 0.0, whitened)
-    if not shift_mean:
-        whitened = whitened + mean
-    return masked_fill_zero(whitened, mask).to(x.dtype)
-
+__all__ = [
+    "GAE",
+    "KL_ESTIMATORS",
+    "AdaptiveKLController",
+    "AdvantageEstimator",
+    "FixedKLController",
+    "GroupRelative",
+    "LeaveOneOut",
+    "gae",
+    "group_advantages",
+    "kl_k1",
+    "kl_k2",
+    "kl_k3",
+    "leave_one_out_advantages",
+    "masked_fill_zero",
+    "masked_mean",
+    "masked_var",
+    "masked_whiten",
+    "penalized_rewards",
+    "zero_spread",
+]
 
 # ---------------------------------------------------------------------------------------------
-# KL estimators
+# GAE
 # ---------------------------------------------------------------------------------------------
-# Per-token estimators of KL(pi || pi_ref) from tokens sampled from pi, following J. Schulman,
-# "Approximating KL Divergence" (2020), http://joschu.net/blog/kl-approx.html, with
-# log r = ref_logprobs - logprobs = log(pi_ref(x) / pi(x)).
-
-
-def kl_k1(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
-    """k1 estimator of KL(pi || pi_ref): ``k1 = -log r = logprobs - ref_logprobs``.
-
-    Unbiased (E_pi[k1] = KL) but high variance and can be negative per token
-    (Schulman, "Approximating KL Divergence").
-
-    Args:
-        logprobs: (B, T) log pi(x_t) of the sampled tokens.
-        ref_logprobs: (B, T) log pi_ref(x_t) of the same tokens.
-
-    Returns:
-        (B, T).
-    """
-    return logprobs - ref_logprobs
-
-
-def kl_k2(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
-    """k2 estimator of KL(pi || pi_ref): ``k2 = 0.5 * (log r)**2``.
-
-    Biased (its expectation is an f-divergence that matches KL only to second order) but low
-    variance and always >= 0 (Schulman, "Approximating KL Divergence").
-
-    Args:
-        logprobs: (B, T) log pi(x_t) of the sampled tokens.
-        ref_logprobs: (B, T) log pi_ref(x_t) of the same tokens.
-
-    Returns:
-        (B, T).
-    """
-    return 0.5 * (ref_logprobs - logprobs) ** 2
-
-
-def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
-    """k3 estimator of KL(pi || pi_ref): ``k3 = (r - 1) - log r``.
-
-    Unbiased (E_pi[r - 1] = 0, so E_pi[k3] = E_pi[k1] = KL), lower variance than k1, and
-    >= 0 per token since log r <= r - 1 (Schulman, "Approximating KL Divergence").
-
-    Args:
-        logprobs: (B, T) log pi(x_t) of the sampled tokens.
-        ref_logprobs: (B, T) log pi_ref(x_t) of the same tokens.
-
-    Returns:
-        (B, T).
-    """
-    log_r = ref_logprobs - logprobs
-    return torch.expm1(log_r) - log_r
-
-
-KL_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "k1": kl_k1,
-    "k2": kl_k2,
-    "k3": kl_k3,
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# PPO rewards and GAE
-# ---------------------------------------------------------------------------------------------
-
-
-def penalized_rewards(
-    scores: Tensor,
-    logprobs: Tensor,
-    ref_logprobs: Tensor,
-    mask: Tensor,
-    beta: float,
-    estimator: str = "k1",
-) -> tuple[Tensor, Tensor]:
-    """Per-token PPO rewards: KL penalty at every token plus the score at the last token.
-
-    ``kl = KL_ESTIMATORS[estimator](logprobs, ref_logprobs)`` at valid positions (0 elsewhere) and
-    ``rewards = -beta * kl``, then ``rewards[b, last[b]] += scores[b]`` where ``last[b]`` is
-    the largest index t with ``mask[b, t] == 1`` (works for left, right or no padding).
-    Rows whose mask is all zero get no score: their rewards and kl are all 0.
-
-    Args:
-        scores: (B,) sequence-level reward-model scores.
-        logprobs: (B, T) policy log-probs of the sampled tokens.
-        ref_logprobs: (B, T) reference-model log-probs of the same tokens.
-        mask: (B, T) 1 for response tokens.
-        beta: KL coefficient.
-        estimator: one of ``KL_ESTIMATORS`` ("k1", "k2", "k3").
-
-    Returns:
-        ``(rewards, kl)``, both (B, T) and 0 at masked positions.
-    """
-    if estimator not in KL_ESTIMATORS:
-        raise ValueError(f"estimator must be one of {sorted(KL_ESTIMATORS)}, got {estimator!r}")
-    kl = masked_fill_zero(KL_ESTIMATORS[estimator](logprobs, ref_logprobs), mask)
-    mask = mask.to(logprobs.dtype)
-    rewards = -beta * kl
-    T = mask.shape[1]
-    positions = torch.arange(T, device=mask.device).expand_as(mask)  # (B, T)
-    last = torch.where(mask > 0, positions, -1).max(dim=1).values  # (B,), -1 if row empty
-    has_token = (last >= 0).to(rewards.dtype)  # (B,)
-    score = (scores.to(rewards.dtype) * has_token).unsqueeze(1)  # (B, 1)
-    rewards = rewards.scatter_add(1, last.clamp(min=0).unsqueeze(1), score)
-    return rewards, kl
 
 
 def gae(
@@ -463,74 +280,3 @@ class LeaveOneOut(AdvantageEstimator):
         returns = masked_fill_zero(rewards, mask).sum(1)  # (B,)
         adv = leave_one_out_advantages(returns, group_size)
         return _sequence_advantages(adv, returns, mask)
-
-
-# ---------------------------------------------------------------------------------------------
-# KL controllers
-# ---------------------------------------------------------------------------------------------
-
-
-def _check_beta(name: str, value: float) -> None:
-    if not (value >= 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-
-
-class FixedKLController:
-    """Constant KL coefficient.
-
-    Args:
-        beta: KL coefficient (>= 0), used as ``rewards = score - beta * kl``.
-    """
-
-    def __init__(self, beta: float = 0.05) -> None:
-        _check_beta("beta", beta)
-        self.beta = float(beta)
-
-    def update(self, current_kl: float, n_steps: int) -> None:
-        """Do nothing: the coefficient is fixed."""
-
-    def state_dict(self) -> dict[str, float]:
-        """Return ``{"beta": beta}``."""
-        return {"beta": self.beta}
-
-    def load_state_dict(self, state_dict: dict[str, float]) -> None:
-        """Restore ``beta`` from :meth:`state_dict`."""
-        _check_beta("beta", state_dict["beta"])
-        self.beta = float(state_dict["beta"])
-
-
-class AdaptiveKLController:
-    """Adaptive KL coefficient of Ziegler et al. 2019, "Fine-Tuning LMs from Human Preferences".
-
-    After each update: ``error = clip(current_kl / target - 1, -0.2, 0.2)`` and
-    ``beta *= 1 + error * n_steps / horizon`` (beta grows while KL is above target).
-
-    Args:
-        init_beta: initial KL coefficient (>= 0).
-        target: target KL per sequence (> 0), in the same units as ``current_kl``.
-        horizon: number of steps (samples) over which the proportional controller acts (> 0).
-    """
-
-    def __init__(self, init_beta: float = 0.1, target: float = 6.0, horizon: int = 10000) -> None:
-        _check_beta("init_beta", init_beta)
-        if not target > 0:
-            raise ValueError(f"target must be > 0, got {target}")
-        if not horizon > 0:
-            raise ValueError(f"horizon must be > 0, got {horizon}")
-        self.beta = float(init_beta)
-        self.target = float(target)
-        self.horizon = horizon
-
-    def update(self, current_kl: float, n_steps: int) -> None:
-        """Apply ``beta *= 1 + clip(current_kl / target - 1, -0.2, 0.2) * n_steps / horizon``."""
-        error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)
-        self.beta *= 1.0 + error * n_steps / self.horizon
-
-    def state_dict(self) -> dict[str, float]:
-        """Return ``{"beta": beta}`` (target and horizon come from the config)."""
-        return {"beta": self.beta}
-
-    def load_state_dict(self, state_dict: dict[str, float]) -> None:
-        """Restore ``beta`` from :meth:`state_dict`."""
-        _check_beta("beta", state_dict["beta"])
-        self.beta = float(state_dict["beta"])

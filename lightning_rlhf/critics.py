@@ -20,14 +20,9 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
-from lightning_rlhf.models import (
-    LoraOptions,
-    adapter_active,
-    check_same_tokenizer,
-    load_scalar_model,
-    lora_config,
-    token_scalars,
-)
+from lightning_rlhf.lora import adapter_active, lora_config
+from lightning_rlhf.model_outputs import token_scalars
+from lightning_rlhf.models import LoraOptions, check_same_tokenizer, load_scalar_model
 
 if TYPE_CHECKING:
     from lightning_rlhf.modules.ppo import PPOModule

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_rlhf.advantages import masked_mean
+from lightning_rlhf.masked import masked_mean
 
 # PPO's policy-gradient losses live in policy_losses.py; ppo_policy_loss is also read from here
 from lightning_rlhf.policy_losses import ppo_policy_loss  # noqa: F401

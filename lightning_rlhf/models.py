@@ -1,15 +1,15 @@
-"""One loader and one exporter for every stage.
+"""One loader for every stage, and the options it loads with.
 
 ``model_name_or_path`` is a hub name or a local directory; both go through ``from_pretrained``.
 Causal LMs (policy, SFT, reference) and scalar-head models (reward, critic) share the same options.
-A stage's result is exported as an ordinary Hugging Face directory that the next stage loads.
+The exporter (``hf_export.py``), the LoRA helpers (``lora.py``) and the readers of a model's
+outputs (``model_outputs.py``) can be imported from here too, as code written against this module
+names them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +17,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from lightning_rlhf.io import atomic_dir
+from lightning_rlhf.hf_export import export_hf
+from lightning_rlhf.lora import (
+    adapter_active,
+    adapters_off,
+    apply_lora,
+    lora_config,
+    train_only_adapters,
+)
 from lightning_rlhf.model_files import (
     check_extra,
     check_model_dir,
@@ -25,6 +32,31 @@ from lightning_rlhf.model_files import (
     has_safetensors,
     unreadable,
 )
+from lightning_rlhf.model_outputs import (
+    last_token_index,
+    padded_positions,
+    sequence_scores,
+    token_scalars,
+)
+
+__all__ = [
+    "DType",
+    "LoraOptions",
+    "ModelOptions",
+    "adapter_active",
+    "adapters_off",
+    "check_same_tokenizer",
+    "export_hf",
+    "last_token_index",
+    "load_causal_lm",
+    "load_scalar_model",
+    "load_tokenizer",
+    "lora_config",
+    "padded_positions",
+    "sequence_scores",
+    "token_scalars",
+    "train_only_adapters",
+]
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
@@ -204,65 +236,6 @@ def _saved_as_scalar_model(model: nn.Module) -> bool:
     return bool(saved) and all(a.endswith("ForSequenceClassification") for a in saved)
 
 
-def lora_config(lora: LoraOptions, task_type: str, modules_to_save=None):
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
-        task_type=task_type,
-        modules_to_save=modules_to_save,
-    )
-
-
-def _apply_lora(model: nn.Module, lora: LoraOptions, task_type: str, modules_to_save=None):
-    from peft import get_peft_model
-
-    return get_peft_model(model, lora_config(lora, task_type, modules_to_save))
-
-
-@contextlib.contextmanager
-def _requires_grad_kept(model: nn.Module):
-    # peft's set_adapter, and its disable_adapter on exit, freeze every adapter but the active one;
-    # a tensor frozen between its forward and the backward gets no gradient
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
-@contextlib.contextmanager
-def adapter_active(model: nn.Module, name: str):
-    """Run a peft model's LoRA layers with adapter ``name``; afterwards the previous adapter is
-    active again and every parameter's ``requires_grad`` is as before."""
-    previous = model.active_adapter
-    with _requires_grad_kept(model):
-        model.set_adapter(name)
-        try:
-            yield model
-        finally:
-            model.set_adapter(previous)
-
-
-@contextlib.contextmanager
-def adapters_off(model: nn.Module):
-    """A peft model run as its base model (every adapter off): a LoRA policy's πref. Afterwards
-    every parameter's ``requires_grad`` is as before."""
-    with _requires_grad_kept(model), model.disable_adapter():
-        yield model
-
-
-def train_only_adapters(model: nn.Module, names: list[str]) -> None:
-    """LoRA weights of the adapters ``names`` trainable, those of any other adapter frozen."""
-    for param_name, p in model.named_parameters():
-        if "lora_" in param_name:
-            p.requires_grad_(any(f".{n}." in param_name for n in names))
-
-
 def load_causal_lm(name_or_path: str, options: ModelOptions | None = None) -> nn.Module:
     """A causal LM (policy, SFT model, reference), LoRA-wrapped when ``options.lora`` is set."""
     from transformers import AutoModelForCausalLM
@@ -282,7 +255,7 @@ def load_causal_lm(name_or_path: str, options: ModelOptions | None = None) -> nn
             "an SFT export"
         )
     if options.lora is not None:
-        model = _apply_lora(model, options.lora, "CAUSAL_LM")
+        model = apply_lora(model, options.lora, "CAUSAL_LM")
     return model
 
 
@@ -311,112 +284,5 @@ def load_scalar_model(
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id  # HF reads the score at the last non-pad token
     if options.lora is not None:
-        model = _apply_lora(model, options.lora, "SEQ_CLS", modules_to_save=["score"])
+        model = apply_lora(model, options.lora, "SEQ_CLS", modules_to_save=["score"])
     return model
-
-
-def export_hf(
-    model: nn.Module,
-    tokenizer: Any,
-    out_dir: str | Path,
-    merge_lora: bool = True,
-    extra_json: dict[str, dict] | None = None,
-    about: dict | None = None,
-) -> Path:
-    """Save ``model`` + ``tokenizer`` as a Hugging Face directory, atomically.
-
-    A LoRA model is merged into its base (``merge_lora``) or saved as an adapter. ``extra_json``
-    writes further files (e.g. reward statistics) beside the weights. Weights are safetensors.
-    So that plain transformers reads the export as the stages did (``portable.py``), the
-    tokenizer carries the chat template prompts were rendered with, and a scalar model whose
-    pad token is its EOS gets a pad token of its own (not for an adapter, saved without its base).
-    ``out_dir`` must be absent, empty or an earlier export (``export_target``); the export's
-    marker file records ``about`` (e.g. the stage and its step).
-    """
-    import copy
-
-    from peft import PeftModel
-
-    from lightning_rlhf.export_target import check_export_target, write_marker
-    from lightning_rlhf.portable import with_chat_template, with_distinct_pad
-
-    copied = False
-    if isinstance(model, PeftModel) and merge_lora:
-        model, copied = copy.deepcopy(model).merge_and_unload(), True
-    tokenizer = with_chat_template(tokenizer)
-    if not isinstance(model, PeftModel):
-        model, tokenizer = with_distinct_pad(model, tokenizer, copied)
-    # a PeftModel holding further adapters (PPO's critic) exports its active one: the policy's
-    selected = {"selected_adapters": [model.active_adapter]} if isinstance(model, PeftModel) else {}
-    with atomic_dir(out_dir, guard=check_export_target) as tmp:
-        _save_weights(model, tmp, selected)
-        tokenizer.save_pretrained(tmp)
-        for name, payload in (extra_json or {}).items():
-            (tmp / name).write_text(json.dumps(payload, indent=2) + "\n")
-        write_marker(tmp, about or {})
-    return Path(out_dir)
-
-
-def _save_weights(model: nn.Module, directory: Path, kwargs: dict) -> None:
-    """``save_pretrained`` with safetensors; its I/O errors (a full disk) as the ``OSError`` they
-    are, so that the export's message names the target (safetensors raises its own type)."""
-    import re
-
-    from safetensors import SafetensorError
-
-    try:
-        model.save_pretrained(directory, safe_serialization=True, **kwargs)
-    except SafetensorError as err:
-        code = re.search(r"os error (\d+)|code: (\d+)", str(err))  # "File too large (os error 27)"
-        if code is None:
-            raise
-        number = int(code[1] or code[2])
-        raise OSError(number, os.strerror(number)) from err
-
-
-def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B,) index of the last real token of each row, under left or right padding."""
-    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    return (attention_mask.long() * (positions + 1)).argmax(dim=1)  # +1: an all-pad row gives 0
-
-
-def padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) position ids that count real tokens only (0 on left padding), as the model saw them
-    in training: under left padding a row's first real token is at position 0."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def token_scalars(
-    model: nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    position_ids: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """(B, T) float32 head output at every position of a scalar-head model (reward or value).
-
-    Reads the head ourselves instead of the model's pooled output: transformers pools at the token
-    before the first ``pad_token_id``, which is wrong when pad == EOS or under left padding.
-    """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = getattr(base, "score", None)
-    head = getattr(base, "classifier", None) if head is None else head
-    if head is None:
-        raise ValueError(f"{type(base).__name__} has no `score` or `classifier` head")
-    trunk = getattr(base, base.base_model_prefix)
-    if position_ids is None:
-        position_ids = padded_positions(attention_mask)
-    hidden = trunk(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        use_cache=False,
-    ).last_hidden_state  # (B, T, H)
-    return head(hidden).squeeze(-1).float()
-
-
-def sequence_scores(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> torch.Tensor:
-    """(B,) reward of each sequence, read at its last real token."""
-    values = token_scalars(model, input_ids, attention_mask)  # (B, T)
-    return values.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1)

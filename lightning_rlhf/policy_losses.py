@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lightning_rlhf.advantages import masked_mean
+from lightning_rlhf.masked import masked_mean
 
 
 def clipped_surrogate_losses(

@@ -15,10 +15,10 @@ from common import CONFIG, PPOProbe, baseline, matmul_params, result
 from lit import StepCallback, adamw, trainer
 
 import lightning_rlhf.modules.policy as policy_module
-from lightning_rlhf.advantages import GAE, FixedKLController
+from lightning_rlhf.advantages import GAE
 from lightning_rlhf.critics import ScalarModelCritic
 from lightning_rlhf.data.prompts import PromptDataModule
-from lightning_rlhf.kl import KLPenalty
+from lightning_rlhf.kl import FixedKLController, KLPenalty
 from lightning_rlhf.models import ModelOptions
 from lightning_rlhf.modules.ppo import PPOModule, PPOOptions
 from lightning_rlhf.optim import ScheduleOptions

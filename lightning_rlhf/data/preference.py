@@ -132,6 +132,43 @@ class PreferenceDataModule(TextDataModule):
             raise ValueError(f"margin column '{column}' must be a finite number, got {value!r:.40}")
         return margin
 
+    def _pair(self, row: dict, where: str, has_prompt: bool, index: int) -> dict | str:
+        """``row`` encoded as the ``index``-th pair, or why it is dropped; a row that cannot be
+        read raises a ValueError naming ``where``."""
+        hp = self.hparams
+        try:
+            prompt, chosen, rejected = self._texts(row, has_prompt)
+            margin = self._margin(row)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        if not chosen.strip() or not rejected.strip():
+            return "empty response"
+        if chosen == rejected:
+            return "identical chosen and rejected"
+        templated = isinstance(row[hp.chosen_column], list)
+        try:
+            p_ids = encode_prompt(self.tokenizer, prompt, templated)
+            chosen_ids = encode_completion(self.tokenizer, chosen)
+            rejected_ids = encode_completion(self.tokenizer, rejected)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        chosen_ids, chosen_len = _fitted(p_ids, chosen_ids, hp.max_length)
+        rejected_ids, rejected_len = _fitted(p_ids, rejected_ids, hp.max_length)
+        if chosen_ids == rejected_ids:  # they differed only in what the cut removed
+            return f"identical once cut to max_length {hp.max_length}"
+        return {
+            "chosen_ids": chosen_ids,
+            "rejected_ids": rejected_ids,
+            "chosen_response_len": chosen_len,
+            "rejected_response_len": rejected_len,
+            "prompt_ids": p_ids[-hp.max_length :],
+            "index": index,
+            "margin": margin,
+            "prompt": prompt,
+            "chosen": chosen,
+            "rejected": rejected,
+        }
+
     def _encode(self, ds, source: str) -> list[dict]:
         hp = self.hparams
         needed = [hp.chosen_column, hp.rejected_column] + (
@@ -147,43 +184,11 @@ class PreferenceDataModule(TextDataModule):
             )  # fmt: skip
         out, skipped = [], Counter()
         for i, row in enumerate(ds):
-            try:
-                prompt, chosen, rejected = self._texts(row, has_prompt)
-                margin = self._margin(row)
-            except ValueError as err:
-                raise ValueError(f"{source} row {i}: {err}") from None
-            if not chosen.strip() or not rejected.strip():
-                skipped["empty response"] += 1
-                continue
-            if chosen == rejected:
-                skipped["identical chosen and rejected"] += 1
-                continue
-            templated = isinstance(row[hp.chosen_column], list)
-            try:
-                p_ids = encode_prompt(self.tokenizer, prompt, templated)
-                chosen_ids = encode_completion(self.tokenizer, chosen)
-                rejected_ids = encode_completion(self.tokenizer, rejected)
-            except ValueError as err:
-                raise ValueError(f"{source} row {i}: {err}") from None
-            chosen_ids, chosen_len = _fitted(p_ids, chosen_ids, hp.max_length)
-            rejected_ids, rejected_len = _fitted(p_ids, rejected_ids, hp.max_length)
-            if chosen_ids == rejected_ids:  # they differed only in what the cut removed
-                skipped[f"identical once cut to max_length {hp.max_length}"] += 1
-                continue
-            out.append(
-                {
-                    "chosen_ids": chosen_ids,
-                    "rejected_ids": rejected_ids,
-                    "chosen_response_len": chosen_len,
-                    "rejected_response_len": rejected_len,
-                    "prompt_ids": p_ids[-hp.max_length :],
-                    "index": len(out),
-                    "margin": margin,
-                    "prompt": prompt,
-                    "chosen": chosen,
-                    "rejected": rejected,
-                }
-            )
+            pair = self._pair(row, f"{source} row {i}", has_prompt, index=len(out))
+            if isinstance(pair, str):
+                skipped[pair] += 1
+            else:
+                out.append(pair)
         for why, n in skipped.items():
             log.warning("%s: dropped %d pairs (%s)", source, n, why)
         ties = skipped[f"identical once cut to max_length {hp.max_length}"]

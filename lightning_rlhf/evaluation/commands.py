@@ -40,10 +40,7 @@ def _warn_if_retokenised(policy: str, reward_specs: list[str]) -> None:
                 )
 
 
-def evaluate_main(argv: list[str] | None = None) -> dict:
-    from lightning_rlhf.evaluation.policy_eval import evaluate_policies
-    from lightning_rlhf.evaluation.report import policy_report
-
+def _evaluate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lightning_rlhf evaluate",
         description="Score a policy on prompts with a reward (the bundled oracle by default); "
@@ -72,7 +69,32 @@ def evaluate_main(argv: list[str] | None = None) -> dict:
     p.add_argument("--limit", type=int, default=None, help="the first N prompts only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write summary.json, records.jsonl and report.md")
-    a = p.parse_args(argv)
+    return p
+
+
+def _print_policy_summary(s: dict) -> None:
+    """Each policy's score and, with ``--against``, the win rates, with their intervals."""
+    for side in ("policy", "against"):
+        if side in s:
+            score = s[side]["score"]
+            print(
+                f"{s[side]['model']}: score {score['value']:.3f} "
+                f"[{score['low']:.3f}, {score['high']:.3f}] over {s['num_prompts']} prompts"
+            )
+    if "win_rate" in s:
+        w, lc = s["win_rate"], s["length_controlled_win_rate"]
+        print(
+            f"win rate {w['win_rate']['value']:.3f} [{w['win_rate']['low']:.3f}, "
+            f"{w['win_rate']['high']:.3f}] ({w['wins']} wins, {w['ties']} ties, {w['losses']} "
+            f"losses); length-controlled {lc['value']:.3f} [{lc['low']:.3f}, {lc['high']:.3f}]"
+        )
+
+
+def evaluate_main(argv: list[str] | None = None) -> dict:
+    from lightning_rlhf.evaluation.policy_eval import evaluate_policies
+    from lightning_rlhf.evaluation.report import policy_report
+
+    a = _evaluate_parser().parse_args(argv)
     rewards = a.reward or ["oracle"]
     _warn_if_retokenised(a.policy, rewards)
     result = evaluate_policies(
@@ -88,20 +110,7 @@ def evaluate_main(argv: list[str] | None = None) -> dict:
         seed=a.seed,
     )
     s = result.summary
-    for side in ("policy", "against"):
-        if side in s:
-            score = s[side]["score"]
-            print(
-                f"{s[side]['model']}: score {score['value']:.3f} "
-                f"[{score['low']:.3f}, {score['high']:.3f}] over {s['num_prompts']} prompts"
-            )
-    if "win_rate" in s:
-        w, lc = s["win_rate"], s["length_controlled_win_rate"]
-        print(
-            f"win rate {w['win_rate']['value']:.3f} [{w['win_rate']['low']:.3f}, "
-            f"{w['win_rate']['high']:.3f}] ({w['wins']} wins, {w['ties']} ties, {w['losses']} "
-            f"losses); length-controlled {lc['value']:.3f} [{lc['low']:.3f}, {lc['high']:.3f}]"
-        )
+    _print_policy_summary(s)
     if a.out:
         result.write(a.out)
         print(f"wrote {policy_report(s, result.records, a.out)}")

@@ -15,8 +15,9 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import Metric
 
+from lightning_rlhf.hf_export import export_hf
 from lightning_rlhf.io import check_writable
-from lightning_rlhf.models import ModelOptions, export_hf, load_tokenizer
+from lightning_rlhf.models import ModelOptions, load_tokenizer
 from lightning_rlhf.optim import ScheduleOptions, build_scheduler
 
 

@@ -22,8 +22,9 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from lightning_rlhf.lora import adapters_off
 from lightning_rlhf.losses import check_dpo_options, dpo_loss, token_logprobs
-from lightning_rlhf.models import ModelOptions, adapters_off
+from lightning_rlhf.models import ModelOptions
 from lightning_rlhf.modules.policy import PolicyModule
 from lightning_rlhf.modules.sft import completion_logits
 from lightning_rlhf.optim import ScheduleOptions

@@ -10,7 +10,9 @@ One training step is one iteration, under manual optimisation:
 The module orchestrates named parts, each chosen by ``class_path``: the ``advantage`` estimator
 (``GAE`` with a critic: PPO; ``GroupRelative``: GRPO; ``LeaveOneOut``: RLOO), the ``critic``
 (critics.py), the ``kl`` penalty (kl.py) and the ``policy_loss`` (policy_losses.py); their maths
-live in ``advantages.py``, ``losses.py`` and ``policy_losses.py``. ``trainer.max_steps`` counts
+live in ``advantages.py``, ``losses.py`` and ``policy_losses.py``. Making the rollout is
+``ppo_experience.py``'s, the update ``ppo_update.py``'s, the metrics ``ppo_metrics.py``'s; this
+file wires them into Lightning's loop. ``trainer.max_steps`` counts
 optimizer steps: iterations × ppo_epochs × num_minibatches; a run stops at exactly that many,
 inside an iteration if need be.
 """
@@ -26,15 +28,17 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from lightning_rlhf.advantages import GAE, AdvantageEstimator, masked_mean, masked_whiten
+from lightning_rlhf.advantages import GAE, AdvantageEstimator
 from lightning_rlhf.critics import Critic, ScalarModelCritic
 from lightning_rlhf.kl import KLPenalty, sequence_kl
-from lightning_rlhf.losses import entropy_from_logits, token_logprobs, value_loss
-from lightning_rlhf.models import ModelOptions, adapters_off, train_only_adapters
+from lightning_rlhf.lora import adapters_off, train_only_adapters
+from lightning_rlhf.models import ModelOptions
 from lightning_rlhf.modules.policy import PolicyModule
+from lightning_rlhf.modules.ppo_experience import ExperienceMixin
 from lightning_rlhf.modules.ppo_forwards import response_outputs, sequence_inputs
-from lightning_rlhf.modules.ppo_metrics import engine_metrics, iteration_metrics
+from lightning_rlhf.modules.ppo_metrics import iteration_metrics
 from lightning_rlhf.modules.ppo_options import PPOOptions, RewardShaping
+from lightning_rlhf.modules.ppo_update import UpdateMixin
 from lightning_rlhf.modules.rng import rng_state, set_rng_state
 from lightning_rlhf.optim import ScheduleOptions
 from lightning_rlhf.policy_losses import ClippedSurrogate, PolicyLoss
@@ -46,7 +50,7 @@ from lightning_rlhf.rewards import (
     check_scores,
     reward_functions,
 )
-from lightning_rlhf.rollout import Generation, RolloutEngine, SamplingOptions
+from lightning_rlhf.rollout import RolloutEngine, SamplingOptions
 from lightning_rlhf.types import PromptBatch, Rollout, RolloutStats, Sequences
 
 __all__ = ["PPOModule", "PPOOptions", "RewardShaping"]
@@ -61,7 +65,22 @@ def ppo_adamw(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
 
 
-class PPOModule(PolicyModule):
+def _check_options(ppo: PPOOptions, sampling: SamplingOptions, advantage: AdvantageEstimator):
+    """Refuse options the RL stage cannot learn from, naming the option to change."""
+    if ppo.samples_per_prompt < advantage.min_group_size:
+        raise ValueError(
+            f"{type(advantage).__name__} needs ppo.samples_per_prompt >= "
+            f"{advantage.min_group_size} (responses per prompt), got {ppo.samples_per_prompt}"
+        )
+    if sampling.temperature == 0:  # greedy: π_old is one-hot, ratio 1, KL 0, entropy 0
+        raise ValueError(
+            "model.sampling.temperature: 0 samples greedily, and PPO learns nothing from "
+            "greedy rollouts; use a temperature > 0 (1.0 samples the policy itself); "
+            "eval_sampling.temperature: 0 is fine for validation"
+        )
+
+
+class PPOModule(ExperienceMixin, UpdateMixin, PolicyModule):
     """RL fine-tuning with a KL penalty to the reference policy: PPO, GRPO or RLOO by ``advantage``.
 
     Args:
@@ -137,17 +156,7 @@ class PPOModule(PolicyModule):
         )  # fmt: skip
         # None resolves here, so no two modules share a default component (or its β)
         advantage = advantage if advantage is not None else GAE()
-        if ppo.samples_per_prompt < advantage.min_group_size:
-            raise ValueError(
-                f"{type(advantage).__name__} needs ppo.samples_per_prompt >= "
-                f"{advantage.min_group_size} (responses per prompt), got {ppo.samples_per_prompt}"
-            )
-        if sampling.temperature == 0:  # greedy: π_old is one-hot, ratio 1, KL 0, entropy 0
-            raise ValueError(
-                "model.sampling.temperature: 0 samples greedily, and PPO learns nothing from "
-                "greedy rollouts; use a temperature > 0 (1.0 samples the policy itself); "
-                "eval_sampling.temperature: 0 is fine for validation"
-            )
+        _check_options(ppo, sampling, advantage)
         self.automatic_optimization = False
         self.ref_model_name_or_path = ref_model_name_or_path
         self.reward = as_reward(reward if reward is not None else RewardModel("artifacts/rm"))
@@ -232,154 +241,6 @@ class PPOModule(PolicyModule):
         resp_len = r.response_ids.shape[1]
         return self.value_model.values(self, ids, mask, positions, resp_len, states)
 
-    # ----------------------------------------------------------------------------- rollout
-    def _score(self, prompts: list[str], texts: list[str], ids: Tensor) -> tuple[Tensor, Tensor]:
-        """(B,) raw and shaped scores of the responses ``ids`` (B, R)."""
-        # under nan_policy "skip" a non-finite score reaches the rewards, whose check skips the iteration
-        skip = self.nan_policy == "skip"
-        raw = check_scores(
-            self.reward(prompts, texts), len(texts), self.reward, allow_nonfinite=skip
-        )
-        raw = raw.to(self.device)
-        no_eos = ~(ids == self.tokenizer.eos_token_id).any(dim=1)
-        return raw, self.shaping(raw, no_eos)
-
-    def _old_forwards(self, s: Sequences, generation: Generation) -> tuple[Tensor, Tensor, Tensor]:
-        """(B, R) log π_old, log πref and V_old (zeros without a critic), 0 at masked positions."""
-        was_training = self.model.training
-        self.model.eval()  # no dropout in these forwards: the sampler's ran in eval mode too
-        if self._reuses_sampling_logprobs():
-            logprobs, states = generation.logprobs, None
-        else:
-            logits, states = self._policy_outputs(
-                self.model, s, slice(None), hidden=self._values_on_trunk
-            )
-            logprobs = token_logprobs(logits, s.response_ids)
-        ref_logprobs = token_logprobs(self._ref_logits(s, slice(None)), s.response_ids)
-        values = self._values(s, slice(None), states)
-        self.model.train(was_training)
-        mask = s.response_mask.float()
-        values = torch.zeros_like(mask) if values is None else values * mask
-        return logprobs * mask, ref_logprobs * mask, values
-
-    def _reuses_sampling_logprobs(self) -> bool:
-        # an engine with its own weights and kernels (vLLM) is not π_old: its log-probs are
-        # compared with π_old (rollout/logprob_diff_*), not used as it
-        return (
-            self.ppo.reuse_sampling_logprobs
-            and self.rollout.live_logprobs
-            and not self._values_on_trunk
-        )
-
-    @torch.no_grad()
-    def make_rollout(self, batch: PromptBatch) -> tuple[Rollout, RolloutStats]:
-        """Sample, score, and compute π_old, π_ref, V_old, rewards and advantages, once."""
-        k = self.ppo.samples_per_prompt
-        query_ids = batch.input_ids.repeat_interleave(k, dim=0)  # (B·k, P)
-        query_mask = batch.attention_mask.repeat_interleave(k, dim=0)
-        prompts = [p for p in batch.prompts for _ in range(k)]
-        t0 = time.perf_counter()
-        generation, texts = self.sample(PromptBatch(query_ids, query_mask, prompts), self.sampling)
-        s = Sequences(query_ids, query_mask, generation.response_ids, generation.response_mask)
-        t1 = time.perf_counter()
-        raw, scores = self._score(prompts, texts, s.response_ids)
-        logprobs, ref_logprobs, values = self._old_forwards(s, generation)
-        mask = s.response_mask.float()
-        rewards = self.kl.rewards(scores, logprobs, ref_logprobs, mask)
-        advantages, returns = self.advantage(rewards, values, mask, k)
-        if self.ppo.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
-        t2 = time.perf_counter()
-        rollout = Rollout(*s, logprobs, ref_logprobs, values, scores, rewards, advantages, returns)
-        engine = engine_metrics(
-            generation, logprobs, mask, t1 - t0, self.sampling.max_new_tokens,
-            self.tokenizer.eos_token_id,
-        )  # fmt: skip
-        stats = RolloutStats(
-            prompts, texts, raw, self.reward.stats(), t1 - t0, t2 - t1, engine=engine
-        )
-        return rollout, stats
-
-    # ----------------------------------------------------------------------------- update
-    def _loss(
-        self, r: Rollout, idx: Tensor, rows: int | None = None, tokens: Tensor | None = None
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Micro-batch ``idx``'s share of the loss of its minibatch of ``rows`` rows and
-        ``tokens`` response tokens (None: ``idx`` is the whole minibatch), and its statistics."""
-        mask = r.response_mask[idx].float()
-        rows = rows if rows is not None else len(idx)
-        tokens = tokens if tokens is not None else mask.sum()
-        logits, states = self._policy_outputs(self.model, r, idx, hidden=self._values_on_trunk)
-        logprobs = token_logprobs(logits, r.response_ids[idx])
-        loss, stats = self.policy_loss(
-            logprobs, r.logprobs[idx], r.advantages[idx], mask, rows, tokens
-        )
-        rest = []  # token means of this micro-batch, weighted below by its share of the rows
-        kl_loss, kl_stats = self.kl.loss(logprobs, r.ref_logprobs[idx], mask)
-        if kl_loss is not None:
-            rest.append(kl_loss)
-            stats.update(kl_stats)
-        values = self._values(r, idx, states)
-        if values is not None:
-            vf_loss, vstats = value_loss(
-                values, r.values[idx], r.returns[idx], mask, self.ppo.clip_range_value
-            )
-            rest.append(self.ppo.vf_coef * vf_loss)
-            stats.update(vstats)
-        with torch.no_grad():
-            stats["entropy"] = masked_mean(entropy_from_logits(logits), mask)
-            stats["loss"] = stats["policy_loss"] + sum(x.detach() for x in rest)
-        if rest:
-            loss = loss + sum(rest) * (len(idx) / rows)
-        return loss, stats
-
-    def _minibatch_step(self, r: Rollout, minibatch: Tensor, totals: dict[str, Tensor]) -> int:
-        """One optimizer step on ``minibatch`` (rows of the rollout), accumulated over micro-batches.
-
-        Each micro-batch's loss is its share of the minibatch's (``policy_loss`` aggregation).
-        Returns the number of micro-batches whose statistics were added to ``totals``.
-        """
-        opt = self.optimizers()
-        rows, tokens = len(minibatch), r.response_mask[minibatch].sum()
-        done = 0
-        for m in minibatch.split(self.ppo.micro_batch_size or rows):
-            loss, stats = self._loss(r, m, rows, tokens)
-            if not self.check_finite("loss", loss):
-                opt.zero_grad()  # the step is skipped whole: no half-accumulated gradient
-                return done
-            self.manual_backward(loss)
-            for key, value in stats.items():  # summed on the device: no sync per micro-batch
-                totals[key] = totals.get(key, 0.0) + value.detach().float()
-            done += 1
-        if self._lightning_clips():
-            if self.ppo.max_grad_norm is not None:
-                self.clip_gradients(opt, self.ppo.max_grad_norm, "norm")
-        else:
-            self.clip_and_check_gradients(opt, self.ppo.max_grad_norm)
-        opt.step()
-        opt.zero_grad()
-        self.lr_schedulers().step()
-        return done
-
-    def update(self, r: Rollout) -> dict[str, Tensor]:
-        """ppo_epochs × num_minibatches optimizer steps over the rollout; mean statistics.
-
-        Stops early when ``trainer.max_steps`` is reached, so a run takes exactly that many
-        optimizer steps (a skipped minibatch, or a max_steps that is not a multiple of the steps
-        per iteration, would otherwise overshoot by up to an iteration's steps)."""
-        n = r.response_ids.shape[0]
-        last = self._trainer.max_steps if self._trainer is not None else -1
-        totals: dict[str, Tensor] = {}
-        count = 0
-        for _ in range(self.ppo.ppo_epochs):
-            order = torch.randperm(n, device=r.response_ids.device)
-            # every row once per epoch; fewer rows than minibatches leaves no minibatch empty
-            for minibatch in order.tensor_split(min(self.ppo.num_minibatches, n)):
-                if 0 <= last <= self.global_step:
-                    break
-                count += self._minibatch_step(r, minibatch, totals)
-        return {k: v / max(count, 1) for k, v in totals.items()}
-
     # ----------------------------------------------------------------------------- loop
     @property
     def iteration(self) -> int:
@@ -417,6 +278,10 @@ class PPOModule(PolicyModule):
         self.last_metrics = {k: float(v) for k, v in metrics.items() if k.startswith("train/")}
         self.log("reward", metrics["train/reward"], prog_bar=True, logger=False)
         self.log("kl", metrics["train/kl_k1"], prog_bar=True, logger=False)
+        self._log_samples(info)
+
+    def _log_samples(self, info: RolloutStats) -> None:
+        """The first 16 rollout samples as a table, every ``log_samples_every_n_iterations``."""
         every = self.log_samples_every_n_iterations  # in iterations
         if every and (self.iteration - 1) % every == 0:
             from lightning_rlhf.logs import log_samples

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_rlhf.critics import response_states
-from lightning_rlhf.models import padded_positions
+from lightning_rlhf.model_outputs import padded_positions
 from lightning_rlhf.rollout import tempered
 from lightning_rlhf.types import Rollout, Sequences
 

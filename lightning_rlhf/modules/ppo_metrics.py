@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_rlhf.advantages import masked_var
 from lightning_rlhf.losses import logprob_mismatch
+from lightning_rlhf.masked import masked_var
 from lightning_rlhf.rollout import Generation, rollout_metrics
 from lightning_rlhf.types import Rollout, RolloutStats
 

@@ -10,7 +10,8 @@ from torchmetrics import CatMetric, MeanMetric
 
 from lightning_rlhf.data.collate import best_fit_decreasing
 from lightning_rlhf.losses import bradley_terry_loss
-from lightning_rlhf.models import ModelOptions, load_scalar_model, sequence_scores, token_scalars
+from lightning_rlhf.model_outputs import sequence_scores, token_scalars
+from lightning_rlhf.models import ModelOptions, load_scalar_model
 from lightning_rlhf.modules.base import StageModule
 from lightning_rlhf.optim import ScheduleOptions
 from lightning_rlhf.packing import check_packing

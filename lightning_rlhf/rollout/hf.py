@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from lightning_rlhf.models import padded_positions
+from lightning_rlhf.model_outputs import padded_positions
 from lightning_rlhf.rollout.base import RolloutEngine
 from lightning_rlhf.rollout.cache import full_parameters, make_cache
 from lightning_rlhf.rollout.sampling import (

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_rlhf.losses import token_logprobs
-from lightning_rlhf.models import padded_positions
+from lightning_rlhf.model_outputs import padded_positions
 from lightning_rlhf.rollout.base import RolloutEngine
 from lightning_rlhf.rollout.sampling import Generation, SamplingOptions, response_mask, tempered
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lightning_rlhf.io import atomic_dir
-from lightning_rlhf.tasks.suite import corrupt, demonstrate, sample_problems
+from lightning_rlhf.tasks.suite import Problem, corrupt, demonstrate, sample_problems
 
 # rows per split; the val split is drawn from problems disjoint from train
 SIZES = {"train": {"sft": 20000, "pref": 10000, "prompts": 4000}, "val": 500}
@@ -79,6 +79,22 @@ def _rewardbench_rows(n: int, seed: int, version: int) -> Iterable[dict]:
                    "rejected": _distinct_wrong(p, rng, 3), "subset": p.task}  # fmt: skip
 
 
+def _task_rows(
+    kind: str, problems: Iterable[Problem], rng: random.Random, demo_noise: float
+) -> Iterable[dict]:
+    """The rows of one ``kind`` of file, as ``write_task_data`` describes them; drawn from ``rng``
+    row by row as they are written, so the same seed gives the same bytes."""
+    for p in problems:
+        if kind == "sft":
+            yield {"task": p.task, "prompt": p.prompt,
+                   "completion": demonstrate(p, rng, demo_noise)}  # fmt: skip
+        elif kind == "pref":
+            yield {"task": p.task, "prompt": p.prompt, "chosen": p.answer,
+                   "rejected": corrupt(p, rng)}  # fmt: skip
+        else:
+            yield {"task": p.task, "prompt": p.prompt, "answer": p.answer}
+
+
 def write_task_data(
     out_dir: str | Path,
     seed: int = 1234,
@@ -116,30 +132,7 @@ def write_task_data(
             for offset, kind in enumerate(KINDS):
                 n = sizes[split, kind]
                 problems = sample_problems(n, seed=seed * 10 + offset, held_out=held_out)
-                rng = random.Random(seed * 100 + offset)
-                if kind == "sft":
-                    rows = (
-                        {
-                            "task": p.task,
-                            "prompt": p.prompt,
-                            "completion": demonstrate(p, rng, demo_noise),
-                        }
-                        for p in problems
-                    )
-                elif kind == "pref":
-                    rows = (
-                        {
-                            "task": p.task,
-                            "prompt": p.prompt,
-                            "chosen": p.answer,
-                            "rejected": corrupt(p, rng),
-                        }
-                        for p in problems
-                    )
-                else:
-                    rows = (
-                        {"task": p.task, "prompt": p.prompt, "answer": p.answer} for p in problems
-                    )
+                rows = _task_rows(kind, problems, random.Random(seed * 100 + offset), demo_noise)
                 name = f"{kind}_{split}.jsonl"
                 counts[name] = _write_jsonl(Path(tmp) / name, rows, bar)
         for version, name in ((1, "rewardbench_val.jsonl"), (2, "rewardbench2_val.jsonl")):

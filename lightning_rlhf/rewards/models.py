@@ -1,10 +1,6 @@
-"""The reward interface: anything that maps (prompts, responses) to one score per response.
-
-A reward is chosen in YAML by ``class_path``: the bundled task's oracle, a reward-model directory,
-a weighted sum of several, an ensemble penalised for disagreement, or a user's own
-``RewardFunction`` subclass. Rewards see text, so a reward model with another tokenizer than the
-policy's just works (it re-tokenises).
-"""
+"""Rewards read from a reward model's scalar head: ``RewardModel`` (a model of its own) and
+``RewardAdapter`` (a LoRA adapter run on the policy's own base model). Both see text and
+re-tokenise it, so a reward model with another tokenizer than the policy's just works."""
 
 from __future__ import annotations
 
@@ -16,79 +12,9 @@ import torch
 from torch import Tensor
 
 from lightning_rlhf.reward_stats import read_reward_stats
+from lightning_rlhf.rewards.base import RewardFunction
 
 log = logging.getLogger(__name__)
-
-
-class RewardFunction:
-    """Base class: ``reward(prompts, responses) -> (B,) float tensor``; subclass and implement.
-
-    ``to(device)`` is called once before training with the policy's device; ``stats()`` may
-    return numbers about the last call, which the RL stage logs as ``train/reward/<name>``.
-    """
-
-    def __call__(self, prompts: list[str], responses: list[str]) -> Tensor:
-        raise NotImplementedError
-
-    def to(self, device: torch.device | str) -> RewardFunction:
-        return self
-
-    def stats(self) -> dict[str, float]:
-        return {}
-
-
-class CallableReward(RewardFunction):
-    """A plain function ``fn(prompts, responses) -> scores`` (a tensor or a list of floats) as
-    a RewardFunction: what a notebook passes as ``reward=`` is wrapped in this."""
-
-    def __init__(self, fn) -> None:
-        self.fn = fn
-
-    def __call__(self, prompts: list[str], responses: list[str]) -> Tensor:
-        scores = self.fn(prompts, responses)
-        return scores if isinstance(scores, Tensor) else torch.tensor(scores, dtype=torch.float32)
-
-    def __repr__(self) -> str:
-        return getattr(self.fn, "__qualname__", repr(self.fn))
-
-
-def as_reward(reward: object, field: str = "reward") -> RewardFunction:
-    """``reward`` itself when it is a RewardFunction, a plain callable wrapped; else a TypeError
-    naming ``field``."""
-    if isinstance(reward, RewardFunction):
-        return reward
-    if callable(reward):
-        return CallableReward(reward)
-    raise TypeError(
-        f"{field}: expected a RewardFunction or a callable (prompts, responses) -> scores, got "
-        f"{type(reward).__name__} {reward!r}"
-    )
-
-
-def _name(source: object) -> str:
-    return repr(source) if isinstance(source, CallableReward) else type(source).__name__
-
-
-class TaskOracle(RewardFunction):
-    """The bundled task's exact oracle: 1.0 for a correct response, 0.0 otherwise.
-
-    The shipped configs set it as ``model.oracle`` (and ``grpo_verifiable.yaml`` as
-    ``model.reward``); on a prompt of any other data it raises an error that names the option
-    to change."""
-
-    def __call__(self, prompts: list[str], responses: list[str]) -> Tensor:
-        from lightning_rlhf.tasks import score, solve
-
-        for p in prompts:
-            if solve(p) is None:
-                raise ValueError(
-                    f"TaskOracle: not a prompt of the bundled task suite: {p!r:.80}. The oracle "
-                    "knows only the bundled task's answers: on your own data set "
-                    "--model.oracle null (oracle: null under model: in the YAML) to skip the "
-                    "oracle metrics, and as model.reward give a RewardModel or a RewardFunction "
-                    "of your own"
-                )
-        return torch.tensor([score(p, r) for p, r in zip(prompts, responses)], dtype=torch.float32)
 
 
 class _ScalarHeadReward(RewardFunction):
@@ -213,7 +139,7 @@ class RewardModel(_ScalarHeadReward):
         return next(self.model.parameters()).device
 
     def _scores(self, ids: Tensor, mask: Tensor) -> Tensor:
-        from lightning_rlhf.models import sequence_scores
+        from lightning_rlhf.model_outputs import sequence_scores
 
         return sequence_scores(self.model, ids, mask)
 
@@ -308,7 +234,7 @@ class RewardAdapter(_ScalarHeadReward):
         return self.head.weight.device
 
     def _scores(self, ids: Tensor, mask: Tensor) -> Tensor:
-        from lightning_rlhf.models import last_token_index
+        from lightning_rlhf.model_outputs import last_token_index
 
         base = self.policy.get_base_model()  # the causal LM, the adapters injected
         trunk = getattr(base, base.base_model_prefix)
@@ -317,7 +243,7 @@ class RewardAdapter(_ScalarHeadReward):
         return values.gather(1, last_token_index(mask)[:, None]).squeeze(1)
 
     def __call__(self, prompts: list[str], responses: list[str]) -> Tensor:
-        from lightning_rlhf.models import adapter_active
+        from lightning_rlhf.lora import adapter_active
 
         if self.policy is None or self.head is None:
             raise RuntimeError(f"RewardAdapter('{self.name_or_path}') is not attached to a policy")
@@ -333,125 +259,3 @@ def _same_place(name_or_path: str) -> str:
     """A local directory by its resolved path, a hub name as written."""
     path = Path(name_or_path).expanduser()
     return str(path.resolve()) if path.exists() else name_or_path
-
-
-def reward_functions(reward: RewardFunction):
-    """``reward`` and, for a sum or an ensemble, its members (recursively)."""
-    yield reward
-    for member in getattr(reward, "rewards", []):
-        yield from reward_functions(member)
-
-
-class _Combination(RewardFunction):
-    """Several reward functions, one weight each, scored together."""
-
-    def __init__(self, rewards: list[RewardFunction], weights: list[float] | None) -> None:
-        weights = [1.0] * len(rewards) if weights is None else weights
-        if not rewards or len(weights) != len(rewards):
-            raise ValueError(
-                f"{type(self).__name__} needs one weight per reward: {len(rewards)} rewards, "
-                f"{len(weights)} weights"
-            )
-        self.rewards = [
-            as_reward(r, f"{type(self).__name__}.rewards[{i}]") for i, r in enumerate(rewards)
-        ]
-        self.weights = weights
-        self._stats: dict[str, float] = {}
-
-    def to(self, device: torch.device | str) -> _Combination:
-        for r in self.rewards:
-            r.to(device)
-        return self
-
-    def member_scores(self, prompts: list[str], responses: list[str]) -> Tensor:
-        """(n_rewards, B) on the CPU: each member's scores, their shape checked and named if wrong
-        (non-finite scores pass through to the caller's check, which knows the NaN policy)."""
-        n = len(responses)
-        return torch.stack(
-            [
-                check_scores(r(prompts, responses), n, r, allow_nonfinite=True).cpu()
-                for r in self.rewards
-            ]
-        )
-
-    def stats(self) -> dict[str, float]:
-        return self._stats
-
-
-class WeightedSum(_Combination):
-    """Σ_i weight_i · reward_i(prompts, responses): several objectives added up (e.g. a reward
-    model and a format bonus).
-
-    Args:
-        rewards: the reward functions.
-        weights: one weight per reward function (default: all 1).
-    """
-
-    def __init__(self, rewards: list[RewardFunction], weights: list[float] | None = None) -> None:
-        super().__init__(rewards, weights)
-
-    def __call__(self, prompts: list[str], responses: list[str]) -> Tensor:
-        scores = self.member_scores(prompts, responses)  # (n, B)
-        return (torch.tensor(self.weights).unsqueeze(1) * scores).sum(0)
-
-
-class RewardEnsemble(_Combination):
-    """Several estimates of one reward, combined as ``mean_w − k · std``: a guard against reward
-    hacking, since a response that fools one reward model rarely fools all of them.
-
-    With members' scores ``s_i`` (n, B) and weights normalised to ``w_i = weight_i / Σ weight``:
-    ``mean = Σ_i w_i s_i``, ``std = sqrt(Σ_i w_i (s_i − mean)²)`` (per response), and the score is
-    ``mean − disagreement_coef · std``. Members should share a scale (``RewardModel`` with
-    ``normalize: true`` gives each mean 0 and std 1 on its validation pairs). ``stats()`` reports
-    each member's mean score and the mean disagreement of the last call (logged by the RL stage).
-
-    Args:
-        rewards: the members: reward models or functions.
-        weights: one non-negative weight per member (default: equal).
-        disagreement_coef: k, the penalty per unit of disagreement (0: the weighted mean).
-    """
-
-    def __init__(
-        self,
-        rewards: list[RewardFunction],
-        weights: list[float] | None = None,
-        disagreement_coef: float = 0.0,
-    ) -> None:
-        super().__init__(rewards, weights)
-        if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
-            raise ValueError(
-                f"RewardEnsemble weights must be >= 0 with a positive sum, got {self.weights}"
-            )
-        if disagreement_coef < 0:
-            raise ValueError(f"disagreement_coef must be >= 0, got {disagreement_coef}")
-        self.disagreement_coef = disagreement_coef
-
-    def __call__(self, prompts: list[str], responses: list[str]) -> Tensor:
-        scores = self.member_scores(prompts, responses)  # (n, B)
-        w = torch.tensor(self.weights) / sum(self.weights)  # (n,)
-        mean = (w.unsqueeze(1) * scores).sum(0)  # (B,)
-        std = (w.unsqueeze(1) * (scores - mean) ** 2).sum(0).sqrt()  # (B,)
-        self._stats = {
-            "disagreement": std.mean().item(),
-            **{f"member_{i}": s.mean().item() for i, s in enumerate(scores)},
-        }
-        return mean - self.disagreement_coef * std
-
-
-def check_scores(scores: Tensor, n: int, source: object, allow_nonfinite: bool = False) -> Tensor:
-    """A reward must return n finite numbers; say which reward did not.
-
-    ``allow_nonfinite`` lets NaN/Inf through for a caller that skips such a batch itself."""
-    scores = (
-        torch.as_tensor(scores, dtype=torch.float32).flatten()
-        if not isinstance(scores, Tensor)
-        else scores
-    )
-    if scores.shape != (n,):
-        raise ValueError(
-            f"reward {_name(source)} returned shape {tuple(scores.shape)}, expected ({n},)"
-        )
-    if not allow_nonfinite and not torch.isfinite(scores).all():
-        bad = (~torch.isfinite(scores)).sum().item()
-        raise ValueError(f"reward {_name(source)} returned {bad} non-finite scores (NaN or Inf)")
-    return scores.float()
