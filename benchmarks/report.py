@@ -107,12 +107,19 @@ def _fmt(spread: dict[str, float], digits: int = 1) -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     """The tables of ``latest.md``: throughput, PPO phases and parity, ratios against targets."""
+    lines = [*_header(results), *_throughput_table(results), *_ppo_table(results)]
+    lines += _ratio_table(results)
+    return "\n".join(lines) + "\n"
+
+
+def _header(results: dict[str, Any]) -> list[str]:
+    """Title, machine, matmul peak, memory measure, command."""
     m = results["machine"]
     peak = results["peak_gflops"]
     gpu = results.get("device") == "cuda"
     n = next((p["n"] for p in results["peak_runs"] if "n" in p), 2048)
     where = f"{m.get('gpu')} ({m.get('gpu_memory_gb', 0):.0f} GB), host: " if gpu else ""
-    lines = [
+    return [
         f"# Benchmark: lightning_rlhf vs TRL ({results['date']})",
         "",
         f"Machine: {where}{m['cpu']}, {m['cores']} cores ({m['flags']}), {m['memory_gb']:.0f} GB; "
@@ -133,6 +140,12 @@ def markdown(results: dict[str, Any]) -> str:
             if results.get("primed")
             else ""
         ),
+    ]
+
+
+def _throughput_table(results: dict[str, Any]) -> list[str]:
+    """Every side of every case: throughput, tokens/s, MFU, peak memory."""
+    lines = [
         "",
         "| case | side | throughput | tokens/s | MFU (of the case's dtype peak) | peak memory MB |",
         "|---|---|---|---|---|---|",
@@ -149,33 +162,45 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {case['name']} | {label} | {_fmt(s['throughput'], 2)} {unit} | {tok} | {mfu} "
                 f"| {_fmt(s['peak_memory_mb'], 0)} |"
             )
+    return lines
+
+
+def _ppo_table(results: dict[str, Any]) -> list[str]:
+    """PPO cases: seconds per phase and the work per iteration of each side (none: no rows)."""
     ppo = [c for c in results["cases"] if c["stage"] == "ppo"]
-    if ppo:
-        lines += [
-            "",
-            "PPO, seconds per iteration (median over runs of the mean over timed iterations), "
-            "and the work per iteration on each side:",
-            "",
-            "| case | side | generation | scoring | update | other | episodes | response tokens "
-            "| tokens generated | optimizer steps |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for case in ppo:
-            for label, s in case["sides"].items():
-                if "error" in s:
-                    continue
-                ph, par = s["phases_s"], s["parity"]
-                lines.append(
-                    f"| {case['name']} | {label} | "
-                    + " | ".join(f"{ph[p]:.2f}" for p in PHASES)
-                    + " | "
-                    + " | ".join(
-                        "/".join(map(str, par[k]))
-                        for k in ("episodes", "response_width", "tokens_generated", "updates")
-                    )
-                    + " |"
+    if not ppo:
+        return []
+    lines = [
+        "",
+        "PPO, seconds per iteration (median over runs of the mean over timed iterations), "
+        "and the work per iteration on each side:",
+        "",
+        "| case | side | generation | scoring | update | other | episodes | response tokens "
+        "| tokens generated | optimizer steps |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for case in ppo:
+        for label, s in case["sides"].items():
+            if "error" in s:
+                continue
+            ph, par = s["phases_s"], s["parity"]
+            lines.append(
+                f"| {case['name']} | {label} | "
+                + " | ".join(f"{ph[p]:.2f}" for p in PHASES)
+                + " | "
+                + " | ".join(
+                    "/".join(map(str, par[k]))
+                    for k in ("episodes", "response_width", "tokens_generated", "updates")
                 )
-    lines += ["", "| case | ratio | value (range) | target | met |", "|---|---|---|---|---|"]
+                + " |"
+            )
+    return lines
+
+
+def _ratio_table(results: dict[str, Any]) -> list[str]:
+    """Every ratio against its target, and ours' MFU against the CPU suite's 50 %."""
+    gpu = results.get("device") == "cuda"
+    lines = ["", "| case | ratio | value (range) | target | met |", "|---|---|---|---|---|"]
     for case in results["cases"]:
         for r in case["ratios"]:
             what = "peak memory" if r["what"] == "peak memory" else METRIC[case["stage"]]
@@ -193,4 +218,4 @@ def markdown(results: dict[str, Any]) -> str:
                 f"({100 * mfu['min']:.0f}–{100 * mfu['max']:.0f}) | "
                 + (f">= 50 % | {'yes' if mfu['median'] >= 0.5 else 'no'} |" if target else "— | |")
             )
-    return "\n".join(lines) + "\n"
+    return lines

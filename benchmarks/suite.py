@@ -114,87 +114,101 @@ def _sft_fixed(model: str, precision: str = "32-true") -> Case:
 
 def full() -> list[Case]:
     """The full suite (about 20 minutes on 2 busy cores)."""
-    packed = {"packing": True, "batch_size": 4}  # 4 rows of 256 ≈ the 8 padded examples' tokens
     return [
         _sft_fixed("llama-25m"),
-        Case(
-            "sft-llama-25m-var",
-            "sft",
-            "llama-25m",
-            "sft_var.jsonl",
-            (
-                OURS_SFT,
-                TRL_SFT,
-                Side("ours-packed", "ours_sft", "ours", packed),
-                Side("trl-packed", "trl_sft", "trl-latest", packed),
-                Side(
-                    "trl-padding-free",
-                    "trl_sft",
-                    "trl-latest",
-                    {"padding_free": True, "max_length": None},  # TRL asks: no truncation
-                ),
-            ),
-            batch_size=8,
-            max_length=256,
-            warmup=1,
-            steps=5,
-            ratios=(
-                Ratio("ours", "trl", 1.0),
-                Ratio("ours-packed", "trl-packed", 1.3),
-                Ratio("ours-packed", "trl-padding-free", 1.3),
-            ),
-        ),
+        _sft_var("llama-25m"),
         _sft_fixed("llama-25m", "bf16-mixed"),
         _sft_fixed("llama-5m"),
-        Case(
-            "reward-llama-25m-fixed",
-            "reward",
-            "llama-25m",
-            "pref_fixed.jsonl",
-            (Side("ours", "ours_reward", "ours"), Side("trl", "trl_reward", "trl-latest")),
-            batch_size=8,
-            max_length=256,
-            warmup=1,
-            steps=3,
-            ratios=(Ratio("ours", "trl", 1.0),),
-        ),
-        Case(
-            "reward-llama-25m-var",
-            "reward",
-            "llama-25m",
-            "pref_var.jsonl",
-            (
-                Side("ours", "ours_reward", "ours"),
-                Side("trl", "trl_reward", "trl-latest"),
-                Side("ours-padding-free", "ours_reward", "ours", {"padding_free": True}),
-            ),
-            batch_size=8,
-            max_length=256,
-            warmup=1,
-            steps=20,  # each side draws its own batches: enough of them to average the padding
-            ratios=(Ratio("ours", "trl", 1.0), Ratio("ours-padding-free", "trl", 1.3)),
-        ),
-        *(
-            Case(
-                f"ppo-{model}",
-                "ppo",
-                model,
-                "prompts.jsonl",
-                (Side("ours", "ours_ppo", "ours"), Side("trl", "trl_ppo", "trl-0.29.1")),
-                batch_size=16,
-                max_length=32,
-                warmup=1,
-                steps=2,
-                lr=1e-5,
-                ppo=PPO,
-                ratios=(
-                    Ratio("ours", "trl", 1.5),
-                    Ratio("ours", "trl", 1.0, at_most=True, memory=True),
-                ),
-            )
-            for model in ("llama-25m", "llama-5m")
-        ),
+        _reward_fixed("llama-25m"),
+        _reward_var("llama-25m"),
+        _ppo("llama-25m"),
+        _ppo("llama-5m"),
     ]
+
+
+def _sft_var(model: str) -> Case:
+    packed = {"packing": True, "batch_size": 4}  # 4 rows of 256 ≈ the 8 padded examples' tokens
+    return Case(
+        f"sft-{model}-var",
+        "sft",
+        model,
+        "sft_var.jsonl",
+        (
+            OURS_SFT,
+            TRL_SFT,
+            Side("ours-packed", "ours_sft", "ours", packed),
+            Side("trl-packed", "trl_sft", "trl-latest", packed),
+            Side(
+                "trl-padding-free",
+                "trl_sft",
+                "trl-latest",
+                {"padding_free": True, "max_length": None},  # TRL asks: no truncation
+            ),
+        ),
+        batch_size=8,
+        max_length=256,
+        warmup=1,
+        steps=5,
+        ratios=(
+            Ratio("ours", "trl", 1.0),
+            Ratio("ours-packed", "trl-packed", 1.3),
+            Ratio("ours-packed", "trl-padding-free", 1.3),
+        ),
+    )
+
+
+def _reward_fixed(model: str) -> Case:
+    return Case(
+        f"reward-{model}-fixed",
+        "reward",
+        model,
+        "pref_fixed.jsonl",
+        (Side("ours", "ours_reward", "ours"), Side("trl", "trl_reward", "trl-latest")),
+        batch_size=8,
+        max_length=256,
+        warmup=1,
+        steps=3,
+        ratios=(Ratio("ours", "trl", 1.0),),
+    )
+
+
+def _reward_var(model: str) -> Case:
+    return Case(
+        f"reward-{model}-var",
+        "reward",
+        model,
+        "pref_var.jsonl",
+        (
+            Side("ours", "ours_reward", "ours"),
+            Side("trl", "trl_reward", "trl-latest"),
+            Side("ours-padding-free", "ours_reward", "ours", {"padding_free": True}),
+        ),
+        batch_size=8,
+        max_length=256,
+        warmup=1,
+        steps=20,  # each side draws its own batches: enough of them to average the padding
+        ratios=(Ratio("ours", "trl", 1.0), Ratio("ours-padding-free", "trl", 1.3)),
+    )
+
+
+def _ppo(model: str) -> Case:
+    return Case(
+        f"ppo-{model}",
+        "ppo",
+        model,
+        "prompts.jsonl",
+        (Side("ours", "ours_ppo", "ours"), Side("trl", "trl_ppo", "trl-0.29.1")),
+        batch_size=16,
+        max_length=32,
+        warmup=1,
+        steps=2,
+        lr=1e-5,
+        ppo=PPO,
+        ratios=(
+            Ratio("ours", "trl", 1.5),
+            Ratio("ours", "trl", 1.0, at_most=True, memory=True),
+        ),
+    )
 
 
 # both sides padding each batch to a multiple of 16 tokens: on a GPU each new width costs the
@@ -203,93 +217,105 @@ PAD16_SFT = (
     Side("ours-pad16", "ours_sft", "ours", {"pad_to_multiple_of": 16}),
     Side("trl-pad16", "trl_sft", "trl-latest", {"pad_to_multiple_of": 16}),
 )
+GPU_MODEL, BF16 = "llama-500m", "bf16-mixed"
+GPU_BATCHES = {"batch_size": 32, "max_length": 256, "warmup": 2, "steps": 10, "precision": BF16}
 
 
 def gpu() -> list[Case]:
     """The GPU suite: a 503M-parameter Llama (28 × 1024, 32k vocabulary) under bf16 autocast on
     every side, batches four times the CPU suite's (launch overhead would dominate smaller ones),
     one warm-up step more (CUDA kernels are chosen on the first calls)."""
-    model, bf16 = "llama-500m", "bf16-mixed"
-    sft = {"batch_size": 32, "max_length": 256, "warmup": 2, "steps": 10, "precision": bf16}
     return [
         Case(
-            f"sft-{model}-fixed-bf16",
+            f"sft-{GPU_MODEL}-fixed-bf16",
             "sft",
-            model,
+            GPU_MODEL,
             "sft_fixed.jsonl",
             (OURS_SFT, TRL_SFT, RAW_SFT),
             ratios=(Ratio("ours", "trl", 1.0), Ratio("ours", "raw", 0.95)),
-            **sft,
+            **GPU_BATCHES,
         ),
-        Case(
-            f"sft-{model}-var-bf16",
-            "sft",
-            model,
-            "sft_var.jsonl",
-            (
-                OURS_SFT,
-                TRL_SFT,
-                Side("ours-packed", "ours_sft", "ours", {"packing": True, "batch_size": 16}),
-                Side(
-                    "trl-padding-free",
-                    "trl_sft",
-                    "trl-latest",
-                    {"padding_free": True, "max_length": None},
-                ),
-                *PAD16_SFT,
-            ),
-            ratios=(
-                Ratio("ours", "trl", 1.0),
-                Ratio("ours-packed", "trl-padding-free", 1.3),
-                Ratio("ours-pad16", "trl-pad16", 1.0),
-            ),
-            **sft,
-        ),
-        Case(
-            f"reward-{model}-var-bf16",
-            "reward",
-            model,
-            "pref_var.jsonl",
-            (
-                Side("ours", "ours_reward", "ours"),
-                Side("trl", "trl_reward", "trl-latest"),
-                Side("ours-padding-free", "ours_reward", "ours", {"padding_free": True}),
-                Side("ours-pad16", "ours_reward", "ours", {"pad_to_multiple_of": 16}),
-                Side("trl-pad16", "trl_reward", "trl-latest", {"pad_to_multiple_of": 16}),
-            ),
-            ratios=(
-                Ratio("ours", "trl", 1.0),
-                Ratio("ours-padding-free", "trl", 1.3),
-                Ratio("ours-pad16", "trl-pad16", 1.0),
-            ),
-            **sft,
-        ),
-        Case(
-            f"ppo-{model}-bf16",
-            "ppo",
-            model,
-            "prompts.jsonl",
-            (
-                Side("ours", "ours_ppo", "ours"),
-                Side("trl", "trl_ppo", "trl-0.29.1"),
-                # the reward model re-tokenises the sampled texts: a new width every rollout
-                # unless padded to a multiple (TRL's reads the policy's ids, of fixed width)
-                Side("ours-pad16", "ours_ppo", "ours", {"pad_to_multiple_of": 16}),
-            ),
-            batch_size=64,
-            max_length=32,
-            warmup=1,
-            steps=3,
-            lr=1e-5,
-            ppo=PPO,
-            precision=bf16,
-            ratios=(
-                Ratio("ours", "trl", 1.5),
-                Ratio("ours-pad16", "trl", 1.5),
-                Ratio("ours", "trl", 1.0, at_most=True, memory=True),
-            ),
-        ),
+        _gpu_sft_var(),
+        _gpu_reward_var(),
+        _gpu_ppo(),
     ]
+
+
+def _gpu_sft_var() -> Case:
+    return Case(
+        f"sft-{GPU_MODEL}-var-bf16",
+        "sft",
+        GPU_MODEL,
+        "sft_var.jsonl",
+        (
+            OURS_SFT,
+            TRL_SFT,
+            Side("ours-packed", "ours_sft", "ours", {"packing": True, "batch_size": 16}),
+            Side(
+                "trl-padding-free",
+                "trl_sft",
+                "trl-latest",
+                {"padding_free": True, "max_length": None},
+            ),
+            *PAD16_SFT,
+        ),
+        ratios=(
+            Ratio("ours", "trl", 1.0),
+            Ratio("ours-packed", "trl-padding-free", 1.3),
+            Ratio("ours-pad16", "trl-pad16", 1.0),
+        ),
+        **GPU_BATCHES,
+    )
+
+
+def _gpu_reward_var() -> Case:
+    return Case(
+        f"reward-{GPU_MODEL}-var-bf16",
+        "reward",
+        GPU_MODEL,
+        "pref_var.jsonl",
+        (
+            Side("ours", "ours_reward", "ours"),
+            Side("trl", "trl_reward", "trl-latest"),
+            Side("ours-padding-free", "ours_reward", "ours", {"padding_free": True}),
+            Side("ours-pad16", "ours_reward", "ours", {"pad_to_multiple_of": 16}),
+            Side("trl-pad16", "trl_reward", "trl-latest", {"pad_to_multiple_of": 16}),
+        ),
+        ratios=(
+            Ratio("ours", "trl", 1.0),
+            Ratio("ours-padding-free", "trl", 1.3),
+            Ratio("ours-pad16", "trl-pad16", 1.0),
+        ),
+        **GPU_BATCHES,
+    )
+
+
+def _gpu_ppo() -> Case:
+    return Case(
+        f"ppo-{GPU_MODEL}-bf16",
+        "ppo",
+        GPU_MODEL,
+        "prompts.jsonl",
+        (
+            Side("ours", "ours_ppo", "ours"),
+            Side("trl", "trl_ppo", "trl-0.29.1"),
+            # the reward model re-tokenises the sampled texts: a new width every rollout
+            # unless padded to a multiple (TRL's reads the policy's ids, of fixed width)
+            Side("ours-pad16", "ours_ppo", "ours", {"pad_to_multiple_of": 16}),
+        ),
+        batch_size=64,
+        max_length=32,
+        warmup=1,
+        steps=3,
+        lr=1e-5,
+        ppo=PPO,
+        precision=BF16,
+        ratios=(
+            Ratio("ours", "trl", 1.5),
+            Ratio("ours-pad16", "trl", 1.5),
+            Ratio("ours", "trl", 1.0, at_most=True, memory=True),
+        ),
+    )
 
 
 def quick() -> list[Case]:
