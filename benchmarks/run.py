@@ -200,7 +200,7 @@ def peak_spread(peaks: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     }
 
 
-def main(argv: list[str] | None = None) -> Path:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small model, few steps, one round")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of every run")
@@ -223,38 +223,61 @@ def main(argv: list[str] | None = None) -> Path:
         action=argparse.BooleanOptionalAction,
         help="run each variable-length case once, untimed, before round 1 (default: on a GPU)",
     )
-    args = parser.parse_args(argv)
-    repeats = args.repeats or (1 if args.quick else 2)
+    return parser.parse_args(argv)
+
+
+def select_cases(args: argparse.Namespace) -> list[suite.Case]:
+    """The suite of ``--device`` (``--quick``'s on the CPU), narrowed by ``--cases``."""
     suites = {"cuda": suite.gpu, "cpu": suite.quick if args.quick else suite.full}
     cases = suites[args.device]()
     if args.cases:
         cases = [c for c in cases if any(s in c.name for s in args.cases)]
+    return cases
 
-    info = machine()
-    for model in sorted({c.model for c in cases}):
-        print(f"[setup] assets for {model}", flush=True)
-        assets.build(CACHE, model, assets.DataSpec())
-    peer_paths = dict(p.split("=", 1) for p in args.peer_path)
+
+def interpreters(cases: list[suite.Case], peer_path: list[str]) -> dict[str, Python]:
+    """Every environment the cases' sides run in: ours is this interpreter; a peer this one with
+    its ``--peer-path`` folder first on the path, or else its own virtual environment (made if
+    missing)."""
+    peer_paths = dict(p.split("=", 1) for p in peer_path)
     pythons: dict[str, Python] = {"ours": (Path(sys.executable), None)}
     for env in sorted({s.env for c in cases for s in c.sides} - {"ours"}):
         if env in peer_paths:
             pythons[env] = (Path(sys.executable), peer_paths[env])
         else:
             pythons[env] = (envs.ensure(VENVS, env, suite.ENVS[env]), None)
+    return pythons
 
-    command = " ".join(["benchmarks/run.py", *map(shlex.quote, argv or sys.argv[1:])])
+
+def output_paths(args: argparse.Namespace, info: dict[str, Any], date: str) -> tuple[Path, Path]:
+    """``results/<machine>-<date>-<threads>t[-quick|-<cases>].json`` and the Markdown table's
+    file (``latest.md``, ``latest-partial.md`` for a partial run, ``latest-gpu.md``)."""
     if args.device == "cuda":
         name = "gpu-" + "-".join(info.get("gpu", "cuda").lower().split())
     else:
         cpu = info["cpu"].lower().replace("(r)", "").replace("(tm)", "")
         name = f"cpu{info['cores']}-" + "-".join(cpu.split()[:4])
     kind = "-quick" if args.quick else "-" + "+".join(args.cases) if args.cases else ""
-    date = datetime.date.today().isoformat()
     path = args.results / f"{name}-{date}-{args.threads}t{kind}.json"
     table_path = args.results / (
         "latest-gpu.md" if args.device == "cuda" else "latest-partial.md" if kind else "latest.md"
     )
+    return path, table_path
 
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    repeats = args.repeats or (1 if args.quick else 2)
+    cases = select_cases(args)
+    info = machine()
+    for model in sorted({c.model for c in cases}):
+        print(f"[setup] assets for {model}", flush=True)
+        assets.build(CACHE, model, assets.DataSpec())
+    pythons = interpreters(cases, args.peer_path)
+
+    command = " ".join(["benchmarks/run.py", *map(shlex.quote, argv or sys.argv[1:])])
+    date = datetime.date.today().isoformat()
+    path, table_path = output_paths(args, info, date)
     prime = args.device == "cuda" if args.prime is None else args.prime
 
     def write(runs, peaks) -> None:
@@ -275,7 +298,7 @@ def main(argv: list[str] | None = None) -> Path:
         path.write_text(json.dumps(results, indent=1))
         table_path.write_text(report.markdown(results))
 
-    runs, peaks = run_rounds(cases, pythons, args.threads, repeats, args.device, write, prime)
+    run_rounds(cases, pythons, args.threads, repeats, args.device, write, prime)
     print(table_path.read_text())
     print(f"results: {path}")
     return path
