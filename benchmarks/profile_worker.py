@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import importlib
 import json
-import runpy
 import shutil
 import sys
 import tempfile
@@ -48,13 +48,13 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     config = case.config(side, str(HERE / ".cache"), args.threads, device=args.device)
     (tmp / "config.json").write_text(json.dumps(config))
-    sys.argv = [side.worker, str(tmp / "config.json"), str(tmp / "result.json")]
     sys.path.insert(0, str(HERE / "workers"))
     activities = [ProfilerActivity.CPU]
     if args.device == "cuda":
         activities.append(ProfilerActivity.CUDA)
-    with profile(activities=activities) as prof:
-        runpy.run_path(str(HERE / "workers" / f"{side.worker}.py"), run_name="__main__")
+    with profile(activities=activities) as prof:  # the worker's imports too, as in its process
+        worker, common = (importlib.import_module(m) for m in (side.worker, "common"))
+        common.run_worker(worker.run, [str(tmp / "config.json"), str(tmp / "result.json")])
     args.out.mkdir(parents=True, exist_ok=True)
     trace = args.out / f"{case.name}-{side.label}.trace.json.gz"
     prof.export_chrome_trace(str(tmp / "trace.json"))

@@ -1,12 +1,14 @@
-"""What every benchmark worker shares: its config, threads, clocks, token counts, memory, output.
+"""What every benchmark worker shares: its entry point, clocks, token counts, memory, output.
 
 Workers run in separate processes and in separate virtual environments (ours, TRL latest, TRL
 0.29.1), so this file needs nothing but the standard library and torch.
 
-A worker is run as ``python workers/<side>_<stage>.py CONFIG.json RESULT.json``. It imports its
-libraries, calls :func:`baseline` (resident memory after imports), builds model and data, runs
-``warmup + steps`` training steps, marking the end of each with a :class:`StepClock`, and writes
-:func:`result` to RESULT.json.
+A worker is run as ``python workers/<side>_<stage>.py CONFIG.json RESULT.json``. Its module imports
+its libraries and defines ``run(cfg) -> dict``; its ``__main__`` block calls :func:`run_worker`,
+which reads the config, sets threads, seed and device, records the resident memory after the
+imports, calls ``run`` (build model and data, run ``warmup + steps`` training steps, marking the end
+of each with a :class:`StepClock`) and writes the measurements it returns, with the memory peak and
+versions, to RESULT.json.
 """
 
 from __future__ import annotations
@@ -17,24 +19,43 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-CONFIG: dict[str, Any] = json.loads(Path(sys.argv[1]).read_text()) if len(sys.argv) > 1 else {}
-torch.set_num_threads(int(CONFIG.get("threads", torch.get_num_threads())))
-torch.manual_seed(int(CONFIG.get("seed", 0)))
-DEVICE = CONFIG.get("device", "cpu")  # "cuda": memory is the GPU's, clocks wait for its queue
-if os.environ.get("BENCH_CUDNN_SDP") == "0":  # an experiment, every side alike: no cuDNN attention
-    torch.backends.cuda.enable_cudnn_sdp(False)  # (it plans each new sequence length anew)
 
-_BASELINE_MB: list[float] = []
+def run_worker(
+    run: Callable[[dict[str, Any]], dict[str, Any]], argv: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """A worker's entry point: ``argv`` (default ``sys.argv[1:]``) is ``CONFIG.json RESULT.json``.
+
+    ``run(cfg)`` returns the run's measurements: ``durations`` (per step, the first ``warmup``
+    are warm-up) and what the worker adds (counts, phases, parity); the result adds the peak memory
+    above the memory after the imports, versions, threads and the config.
+    """
+    config_path, result_path = sys.argv[1:] if argv is None else argv
+    cfg: dict[str, Any] = json.loads(Path(config_path).read_text())
+    torch.set_num_threads(int(cfg.get("threads", torch.get_num_threads())))
+    torch.manual_seed(int(cfg.get("seed", 0)))
+    if os.environ.get("BENCH_CUDNN_SDP") == "0":  # an experiment, every side alike: no cuDNN
+        torch.backends.cuda.enable_cudnn_sdp(False)  # attention (it plans each new length anew)
+    base = memory_mb(device(cfg))
+    measured = run(cfg)
+    out = result(cfg, base, measured)
+    Path(result_path).write_text(json.dumps(out, indent=1))
+    return out
 
 
-def sync() -> None:
+def device(cfg: dict[str, Any]) -> str:
+    """The config's device: ``"cuda"``: memory is the GPU's, clocks wait for its queue."""
+    return cfg.get("device", "cpu")
+
+
+def sync(device: str) -> None:
     """Wait for queued GPU work, so that a clock read after it counts the work (no-op on CPU)."""
-    if DEVICE == "cuda":
+    if device == "cuda":
         torch.cuda.synchronize()
 
 
@@ -48,21 +69,22 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def baseline() -> None:
-    """Record the memory high-water mark after the imports: peaks are reported above it (on
-    CUDA: the GPU memory allocated by torch, zero after the imports)."""
-    _BASELINE_MB.append(cuda_allocated_mb() if DEVICE == "cuda" else peak_rss_mb())
+def memory_mb(device: str, peak: bool = False) -> float:
+    """The memory a worker's peak is measured in: on CUDA the GPU memory allocated by torch (its
+    high-water mark with ``peak``; zero after the imports), else the resident high-water mark."""
+    return cuda_allocated_mb(peak) if device == "cuda" else peak_rss_mb()
 
 
 class StepClock:
     """End time of every training step; step i lasted ``ends[i] - ends[i - 1]``."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str) -> None:
+        self.device = device
         self.ends: list[float] = []
         self.start = time.perf_counter()
 
     def mark(self) -> None:
-        sync()
+        sync(self.device)
         self.ends.append(time.perf_counter())
 
     def durations(self) -> list[float]:
@@ -101,34 +123,54 @@ def matmul_params(model: torch.nn.Module) -> int:
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
-def result(clock: StepClock, **extra: Any) -> None:
-    """Write the worker's measurements: per-step durations (the first ``warmup`` are warm-up),
-    peak memory above the import baseline, versions, and ``extra`` (counts, phases, parity)."""
+def training(
+    cfg: dict[str, Any],
+    clock: StepClock,
+    model: torch.nn.Module,
+    counter: TokenCounter | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A training worker's measurements: step durations, training tokens per step (SFT, reward),
+    rows per step, the model's matmul parameters, and ``extra`` (PPO: its iterations)."""
+    tokens = {"tokens_per_step": counter.per_step} if counter is not None else {}
+    return {
+        "durations": clock.durations(),
+        **tokens,
+        "rows_per_step": cfg["batch_size"],
+        **extra,
+        "matmul_params": matmul_params(model),
+    }
+
+
+def result(cfg: dict[str, Any], baseline_mb: float, measured: dict[str, Any]) -> dict[str, Any]:
+    """The RESULT.json of a run: ``measured`` (durations first), peak memory above the import
+    baseline, versions, threads, the config."""
     import importlib.metadata as md
 
+    dev = device(cfg)
     versions = {}
     for pkg in ("torch", "transformers", "trl", "lightning", "accelerate", "datasets"):
         with contextlib.suppress(md.PackageNotFoundError):
             versions[pkg] = md.version(pkg)
-    base = _BASELINE_MB[0] if _BASELINE_MB else 0.0
-    peak = cuda_allocated_mb(peak=True) if DEVICE == "cuda" else peak_rss_mb()
+    peak = memory_mb(dev, peak=True)
+    measured = dict(measured)
     out = {
-        "config": CONFIG,
-        "durations": clock.durations(),
-        "warmup": CONFIG["warmup"],
+        "config": cfg,
+        "durations": measured.pop("durations"),
+        "warmup": cfg["warmup"],
         "peak_rss_mb": peak_rss_mb(),
-        "baseline_mb": base,
-        "peak_above_baseline_mb": peak - base,
-        "memory": "cuda max_memory_allocated" if DEVICE == "cuda" else "resident (RSS)",
+        "baseline_mb": baseline_mb,
+        "peak_above_baseline_mb": peak - baseline_mb,
+        "memory": "cuda max_memory_allocated" if dev == "cuda" else "resident (RSS)",
         "threads": torch.get_num_threads(),
         "versions": versions,
         "python": sys.version.split()[0],
         "pid": os.getpid(),
-        **extra,
+        **measured,
     }
-    if DEVICE == "cuda":
+    if dev == "cuda":
         out["gpu"] = torch.cuda.get_device_name()
-    Path(sys.argv[2]).write_text(json.dumps(out, indent=1))
+    return out
 
 
 class PPOProbe:
@@ -141,7 +183,8 @@ class PPOProbe:
     training forward (reward, π_old, π_ref and value forwards, advantages), update the rest.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, device: str) -> None:
+        self.device = device
         self.iterations: list[dict[str, float]] = []
         self._last_end = time.perf_counter()
         self._reset()
@@ -155,10 +198,10 @@ class PPOProbe:
         """``fn`` wrapped; ``width_and_tokens(args, kwargs, out) -> (rows, width, tokens)``."""
 
         def wrapped(*args, **kwargs):
-            sync()
+            sync(self.device)
             start = time.perf_counter()
             out = fn(*args, **kwargs)
-            sync()
+            sync(self.device)
             self._gen = [self._gen[0] or start, time.perf_counter()]
             rows, width, tokens = width_and_tokens(args, kwargs, out)
             self._cur["episodes"] += rows
@@ -171,7 +214,7 @@ class PPOProbe:
     def watch_update(self, module: torch.nn.Module) -> None:
         def hook(mod, args, kwargs):
             if torch.is_grad_enabled() and self._update_start is None and self._gen[1]:
-                sync()
+                sync(self.device)
                 self._update_start = time.perf_counter()
 
         module.register_forward_pre_hook(hook, with_kwargs=True)
@@ -182,8 +225,13 @@ class PPOProbe:
 
         optimizer.register_step_post_hook(hook)
 
+    def start(self) -> None:
+        """Discard what came before the first iteration (set-up): call it at training start."""
+        self.end_iteration()
+        self.iterations.clear()
+
     def end_iteration(self) -> None:
-        sync()
+        sync(self.device)
         end = time.perf_counter()
         gen_start, gen_end = self._gen
         update_start = self._update_start or end

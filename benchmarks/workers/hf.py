@@ -1,20 +1,26 @@
-"""TRL's side's shared piece: a transformers callback that marks step ends and counts tokens."""
+"""TRL's side's shared pieces: a transformers callback that marks step ends and counts tokens, the
+settings every TRL config shares with ours, and the SFT and reward workers' training run."""
 
 from __future__ import annotations
 
-from common import StepClock, TokenCounter
+import tempfile
+from typing import Any
+
+import datasets
+from common import StepClock, TokenCounter, device, training
 from transformers import TrainerCallback
 
 
 class StepCallback(TrainerCallback):
     """Marks the end of each optimizer step (``on_step_end``); the token counter is reset with it."""
 
-    def __init__(self, counter: TokenCounter | None = None) -> None:
+    def __init__(self, device: str, counter: TokenCounter | None = None) -> None:
+        self.device = device
         self.counter = counter
-        self.clock = StepClock()
+        self.clock = StepClock(device)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.clock = StepClock()
+        self.clock = StepClock(self.device)
 
     def on_step_end(self, args, state, control, **kwargs):
         self.clock.mark()
@@ -22,36 +28,51 @@ class StepCallback(TrainerCallback):
             self.counter.step()
 
 
-def pinned(config_cls, **kwargs):
-    """A TRL config with the settings both sides share pinned against TRL's defaults: fp32
+def shared(cfg: dict[str, Any], prefix: str = "trl-") -> dict[str, Any]:
+    """The settings of every TRL config (PPO's too), pinned against TRL's defaults: fp32
     (``bf16=False``) unless the case asks for ``bf16-mixed`` (autocast), gradient checkpointing
     off, torch AdamW (fused unless the case says ``fused: false``) without weight decay at a
-    constant learning rate, clipping at 1.0, no evaluation, checkpoints or reports."""
-    import tempfile
+    constant learning rate, the case's batch size and seed, no checkpoints or reports."""
+    return {
+        "output_dir": tempfile.mkdtemp(prefix=prefix),
+        "per_device_train_batch_size": cfg["batch_size"],
+        "learning_rate": cfg["lr"],
+        "lr_scheduler_type": "constant",
+        "weight_decay": 0.0,
+        "optim": "adamw_torch_fused" if cfg.get("fused", True) else "adamw_torch",
+        "bf16": cfg.get("precision") == "bf16-mixed",
+        "fp16": False,
+        "gradient_checkpointing": False,
+        "save_strategy": "no",
+        "report_to": [],
+        "use_cpu": device(cfg) == "cpu",
+        "seed": cfg["seed"],
+        "disable_tqdm": True,
+    }
 
-    from common import CONFIG, DEVICE
 
-    if CONFIG.get("pad_to_multiple_of"):
-        kwargs.setdefault("pad_to_multiple_of", CONFIG["pad_to_multiple_of"])
+def pinned(cfg: dict[str, Any], config_cls, **kwargs):
+    """An SFT or reward config: :func:`shared`, ``warmup + steps`` steps without warm-up of the
+    learning rate, clipping at 1.0, no evaluation, no data loader workers, the case's padding."""
+    if cfg.get("pad_to_multiple_of"):
+        kwargs.setdefault("pad_to_multiple_of", cfg["pad_to_multiple_of"])
     return config_cls(
-        output_dir=tempfile.mkdtemp(prefix="trl-"),
-        max_steps=CONFIG["warmup"] + CONFIG["steps"],
-        per_device_train_batch_size=CONFIG["batch_size"],
-        learning_rate=CONFIG["lr"],
-        lr_scheduler_type="constant",
+        **shared(cfg),
+        max_steps=cfg["warmup"] + cfg["steps"],
         warmup_steps=0,
-        weight_decay=0.0,
-        optim="adamw_torch_fused" if CONFIG.get("fused", True) else "adamw_torch",
         max_grad_norm=1.0,
-        bf16=CONFIG.get("precision") == "bf16-mixed",
-        fp16=False,
-        gradient_checkpointing=False,
-        save_strategy="no",
         eval_strategy="no",
-        report_to=[],
-        use_cpu=DEVICE == "cpu",
         dataloader_num_workers=0,
-        seed=CONFIG["seed"],
-        disable_tqdm=True,
         **kwargs,
     )
+
+
+def fit(cfg: dict[str, Any], trainer_cls, model, tokenizer, args) -> dict[str, Any]:
+    """SFT and reward: TRL's trainer on the case's data with ``args``, measured."""
+    train = datasets.load_dataset("json", data_files=cfg["data"], split="train")
+    counter = TokenCounter(model, tokenizer.pad_token_id)
+    steps = StepCallback(device(cfg), counter)
+    trainer_cls(
+        model=model, args=args, train_dataset=train, processing_class=tokenizer, callbacks=[steps]
+    ).train()
+    return training(cfg, steps.clock, model, counter)

@@ -11,74 +11,72 @@ whitening, no gradient clipping (TRL's PPO loop clips none), one micro-batch per
 
 from __future__ import annotations
 
-from common import CONFIG, PPOProbe, baseline, matmul_params, result
-from lit import StepCallback, adamw, trainer
+from typing import Any
 
-import lightning_rlhf.modules.policy as policy_module
+from common import PPOProbe, device, run_worker, training
+from lit import StepCallback, data_settings, module_settings, trainer
+
 from lightning_rlhf.advantages import GAE
 from lightning_rlhf.critics import ScalarModelCritic
 from lightning_rlhf.data.prompts import PromptDataModule
 from lightning_rlhf.kl import FixedKLController, KLPenalty
-from lightning_rlhf.models import ModelOptions
 from lightning_rlhf.modules.ppo import PPOModule, PPOOptions
-from lightning_rlhf.optim import ScheduleOptions
 from lightning_rlhf.policy_losses import ClippedSurrogate
 from lightning_rlhf.rewards import RewardModel
-from lightning_rlhf.rollout import SamplingOptions
+from lightning_rlhf.rollout import Generation, HFRollout, SamplingOptions
 
-baseline()
-cfg, ppo = CONFIG, CONFIG["ppo"]
-probe = PPOProbe()
-policy_module.generate = probe.generation(
-    policy_module.generate,
-    lambda args, kwargs, out: (out[0].shape[0], out[0].shape[1], int(out[1].sum())),
-)
-module = PPOModule(
-    model_name_or_path=cfg["model_dir"],
-    reward=RewardModel(
-        cfg["rm_dir"], normalize=False, pad_to_multiple_of=cfg.get("pad_to_multiple_of", 1)
-    ),
-    critic=ScalarModelCritic(cfg["rm_dir"]),
-    model=ModelOptions(dtype="float32", attn_implementation="sdpa"),
-    optimizer=adamw,
-    schedule=ScheduleOptions(warmup_steps=0, decay="constant"),
-    sampling=SamplingOptions(
-        max_new_tokens=ppo["response_length"],
-        temperature=1.0,
-        min_new_tokens=ppo["response_length"],
-    ),
-    ppo=PPOOptions(
-        ppo_epochs=ppo["epochs"],
-        num_minibatches=ppo["minibatches"],
-        max_grad_norm=None,
-        clip_range_value=0.2,
-        vf_coef=0.1,
-        reuse_sampling_logprobs=True,
-    ),
-    advantage=GAE(gamma=1.0, lam=0.95),
-    policy_loss=ClippedSurrogate(clip_range=0.2),
-    kl=KLPenalty(FixedKLController(ppo["kl_coef"]), estimator="k1"),
-    oracle=None,
-    log_samples_every_n_iterations=0,
-)
-data = PromptDataModule(
-    train_path=cfg["data"],
-    val_path=None,
-    val_fraction=0.0,
-    tokenizer=cfg["model_dir"],
-    max_prompt_length=cfg["max_length"],
-    batch_size=cfg["batch_size"],
-    seed=cfg["seed"],
-)
-steps = StepCallback(probe)
-iterations = cfg["warmup"] + cfg["steps"]
-optimizer_steps = iterations * ppo["epochs"] * ppo["minibatches"]
-trainer([steps], optimizer_steps, clip=None, use_distributed_sampler=False).fit(
-    module, datamodule=data
-)
-result(
-    steps.clock,
-    rows_per_step=cfg["batch_size"],
-    iterations=probe.iterations,
-    matmul_params=matmul_params(module.model),
-)
+
+def sampled(args, kwargs, out: Generation) -> tuple[int, int, int]:
+    """Rows, response width and tokens sampled of one rollout."""
+    return out.response_ids.shape[0], out.response_ids.shape[1], int(out.response_mask.sum())
+
+
+def module(cfg: dict[str, Any], probe: PPOProbe) -> PPOModule:
+    """The stage; its rollout engine, the default ``HFRollout()``, timed by ``probe``."""
+    ppo = cfg["ppo"]
+    rollout = HFRollout()
+    rollout.generate = probe.generation(rollout.generate, sampled)
+    return PPOModule(
+        **module_settings(cfg),
+        reward=RewardModel(
+            cfg["rm_dir"], normalize=False, pad_to_multiple_of=cfg.get("pad_to_multiple_of", 1)
+        ),
+        critic=ScalarModelCritic(cfg["rm_dir"]),
+        sampling=SamplingOptions(
+            max_new_tokens=ppo["response_length"],
+            temperature=1.0,
+            min_new_tokens=ppo["response_length"],
+        ),
+        ppo=PPOOptions(
+            ppo_epochs=ppo["epochs"],
+            num_minibatches=ppo["minibatches"],
+            max_grad_norm=None,
+            clip_range_value=0.2,
+            vf_coef=0.1,
+            reuse_sampling_logprobs=True,
+        ),
+        advantage=GAE(gamma=1.0, lam=0.95),
+        policy_loss=ClippedSurrogate(clip_range=0.2),
+        kl=KLPenalty(FixedKLController(ppo["kl_coef"]), estimator="k1"),
+        oracle=None,
+        log_samples_every_n_iterations=0,
+        rollout=rollout,
+    )
+
+
+def run(cfg: dict[str, Any]) -> dict[str, Any]:
+    ppo = cfg["ppo"]
+    probe = PPOProbe(device(cfg))
+    ppo_module = module(cfg, probe)
+    data = PromptDataModule(**data_settings(cfg), max_prompt_length=cfg["max_length"])
+    steps = StepCallback(device(cfg), probe)
+    iterations = cfg["warmup"] + cfg["steps"]
+    optimizer_steps = iterations * ppo["epochs"] * ppo["minibatches"]
+    trainer(cfg, [steps], optimizer_steps, clip=None, use_distributed_sampler=False).fit(
+        ppo_module, datamodule=data
+    )
+    return training(cfg, steps.clock, ppo_module.model, iterations=probe.iterations)
+
+
+if __name__ == "__main__":
+    run_worker(run)

@@ -9,23 +9,31 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Any
 
 import torch
-from common import CONFIG, DEVICE, StepClock, result, sync
+from common import device, run_worker, sync
 
-n = int(CONFIG.get("n", 8192 if DEVICE == "cuda" else 2048))
-reps = int(CONFIG.get("reps", 8))
-peaks = {}
-for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-    a, b = (torch.randn(n, n, device=DEVICE).to(dtype) for _ in range(2))
-    for _ in range(2):
-        a @ b
-    rates = []
-    for _ in range(reps):
-        sync()
-        start = time.perf_counter()
-        a @ b
-        sync()
-        rates.append(2 * n**3 / (time.perf_counter() - start) / 1e9)
-    peaks[name] = {"median": statistics.median(rates), "max": max(rates), "all": rates}
-result(StepClock(), gflops=peaks, n=n)
+
+def run(cfg: dict[str, Any]) -> dict[str, Any]:
+    dev = device(cfg)
+    n = int(cfg.get("n", 8192 if dev == "cuda" else 2048))
+    reps = int(cfg.get("reps", 8))
+    peaks = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = (torch.randn(n, n, device=dev).to(dtype) for _ in range(2))
+        for _ in range(2):
+            a @ b
+        rates = []
+        for _ in range(reps):
+            sync(dev)
+            start = time.perf_counter()
+            a @ b
+            sync(dev)
+            rates.append(2 * n**3 / (time.perf_counter() - start) / 1e9)
+        peaks[name] = {"median": statistics.median(rates), "max": max(rates), "all": rates}
+    return {"durations": [], "gflops": peaks, "n": n}
+
+
+if __name__ == "__main__":
+    run_worker(run)

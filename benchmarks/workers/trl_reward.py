@@ -6,29 +6,23 @@ scores them in one forward, like ours.
 
 from __future__ import annotations
 
-import datasets
+from typing import Any
+
 import torch
-from common import CONFIG, TokenCounter, baseline, matmul_params, result
-from hf import StepCallback, pinned
+from common import run_worker
+from hf import fit, pinned
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from trl import RewardConfig, RewardTrainer
 
-baseline()
-cfg = CONFIG
-tokenizer = AutoTokenizer.from_pretrained(cfg["model_dir"])
-model = AutoModelForSequenceClassification.from_pretrained(
-    cfg["model_dir"], num_labels=1, dtype=torch.float32, attn_implementation="sdpa"
-)
-train = datasets.load_dataset("json", data_files=cfg["data"], split="train")
-counter = TokenCounter(model, tokenizer.pad_token_id)
-steps = StepCallback(counter)
-args = pinned(RewardConfig, max_length=cfg["max_length"], center_rewards_coefficient=None)
-RewardTrainer(
-    model=model, args=args, train_dataset=train, processing_class=tokenizer, callbacks=[steps]
-).train()
-result(
-    steps.clock,
-    tokens_per_step=counter.per_step,
-    rows_per_step=cfg["batch_size"],
-    matmul_params=matmul_params(model),
-)
+
+def run(cfg: dict[str, Any]) -> dict[str, Any]:
+    tokenizer = AutoTokenizer.from_pretrained(cfg["model_dir"])
+    model = AutoModelForSequenceClassification.from_pretrained(
+        cfg["model_dir"], num_labels=1, dtype=torch.float32, attn_implementation="sdpa"
+    )
+    args = pinned(cfg, RewardConfig, max_length=cfg["max_length"], center_rewards_coefficient=None)
+    return fit(cfg, RewardTrainer, model, tokenizer, args)
+
+
+if __name__ == "__main__":
+    run_worker(run)
