@@ -1,10 +1,11 @@
 """The benchmark's model, tokenizer and data, built locally from a seed: nothing is downloaded.
 
 Each model size gets a BPE tokenizer trained with the ``tokenizers`` library on generated text
-(4k tokens for the small model, 32k for the large one, so its LM head weighs as in real models), a
-Llama built from a config and saved as an ordinary Hugging Face directory, a reward model on the same
-backbone (``AutoModelForSequenceClassification``, the critic's and the reward's initialisation in
-PPO), and JSONL data whose token counts are exact:
+(4k tokens for the small model, 32k for the large one, so its LM head weighs as in real models), the
+package's tiny Llama (``lightning_rlhf.tiny``) at the size's dimensions with that vocabulary, saved
+as an ordinary Hugging Face directory, a reward model on the same backbone
+(``AutoModelForSequenceClassification``, the critic's and the reward's initialisation in PPO), and
+JSONL data whose token counts are exact:
 
     sft_fixed.jsonl    prompt/completion, every example the same number of tokens (no padding)
     sft_var.jsonl      prompt/completion, lengths drawn uniformly (padding or packing matters)
@@ -173,33 +174,48 @@ def write_data(out_dir: Path, tokenizer, words: list[str], spec: DataSpec, seed:
 
 
 # --------------------------------------------------------------------------------- models
+def causal_lm(spec: ModelSpec, tokenizer, seed: int):
+    """The package's tiny Llama (``lightning_rlhf.tiny``) at ``spec``'s sizes with ``tokenizer``'s
+    vocabulary: built by the package with its byte vocabulary, then the (tied) embedding resized to
+    ``len(tokenizer)``, the new rows drawn like a fresh model's (normal, std 0.02)."""
+    import tempfile
+
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from lightning_rlhf.tiny import init_tiny_model
+
+    if spec.intermediate_size != 4 * spec.hidden_size:
+        raise ValueError(f"{spec.name}: the tiny builder's MLP is 4 × hidden")
+    with tempfile.TemporaryDirectory() as tmp:
+        init_tiny_model(
+            Path(tmp) / "lm",
+            hidden_size=spec.hidden_size,
+            num_layers=spec.num_layers,
+            num_heads=spec.num_heads,
+            max_positions=spec.max_positions,
+            seed=seed,
+        )
+        model = LlamaForCausalLM.from_pretrained(Path(tmp) / "lm", dtype=torch.float32)
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    # the byte tokenizer's special ids are the benchmark tokenizer's: pad 0, EOS 1, no BOS
+    if (model.config.pad_token_id, model.config.eos_token_id) != (
+        tokenizer.pad_token_id,
+        tokenizer.eos_token_id,
+    ):
+        raise ValueError("the tiny model's pad and EOS ids differ from the tokenizer's")
+    return model
+
+
 def write_models(out_dir: Path, spec: ModelSpec, tokenizer, seed: int) -> None:
     """``lm``: the causal LM; ``rm``: the same backbone with a scalar head (reward and critic);
     ``policy``: the LM whose generation config suppresses EOS and pad, so that every response of
     TRL's PPO runs to its maximum length (ours reads no generation config: its worker sets
     ``min_new_tokens``), for equal work per step."""
     import torch
-    from transformers import (
-        AutoModelForSequenceClassification,
-        LlamaConfig,
-        LlamaForCausalLM,
-    )
+    from transformers import AutoModelForSequenceClassification
 
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_heads,
-        max_position_embeddings=spec.max_positions,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = causal_lm(spec, tokenizer, seed)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(out_dir / "lm")
