@@ -33,13 +33,8 @@ from pathlib import Path
 
 import torch
 
+# this checkout, put first on the path by main() (its package, not an installed one)
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from lightning_rlhf.label.db import LabelDB  # noqa: E402
-from lightning_rlhf.label.export import export_preferences  # noqa: E402
-from lightning_rlhf.label.fill import rerank  # noqa: E402
-from lightning_rlhf.tasks import score  # noqa: E402
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -47,6 +42,8 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def queue_pool(db_path: Path, pool: list[dict], seed: int) -> None:
+    from lightning_rlhf.label.db import LabelDB
+
     rng = random.Random(seed)
     db = LabelDB(db_path)
     with db.transaction():
@@ -89,6 +86,8 @@ class Server:
 
     def oracle_labels(self, n: int) -> None:
         """The oracle as the annotator: the correct response is better; both right or wrong: tie."""
+        from lightning_rlhf.tasks import score
+
         for _ in range(n):
             pair = self.http.get("/api/next").json()
             left = score(pair["prompt"], pair["left"]["text"])
@@ -173,6 +172,10 @@ def rankers(arm: str, base: str, prefs: Path, model: Path, stem: Path, a, seed: 
 
 
 def run_seed(work: Path, base: str, pool: list, val: list, seed: int, a) -> dict:
+    from lightning_rlhf.label.db import LabelDB
+    from lightning_rlhf.label.export import export_preferences
+    from lightning_rlhf.label.fill import rerank
+
     dbs = {arm: work / f"s{seed}_{arm}.sqlite" for arm in a.arms}
     for db in dbs.values():
         queue_pool(db, pool, seed)
@@ -256,6 +259,7 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/label_active", help="databases, exports and models")
     p.add_argument("--pool-scale", type=float, default=0.3, help="task scale: 3,000 pool pairs")
     a = p.parse_args()
+    sys.path.insert(0, str(ROOT))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     if a.plot:

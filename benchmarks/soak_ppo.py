@@ -68,12 +68,8 @@ def build(work: Path, hidden: int, layers: int) -> tuple[str, str, Path]:
     return policy, rm_dir, work / "task"
 
 
-def soak(args: argparse.Namespace, work: Path) -> dict:
-    import lightning as L
-    import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
-
+def stage(args: argparse.Namespace, ppo, policy: str, rm_dir: str, task: Path):
+    """The PPO module (``ppo``: its PPOOptions; adaptive KL, the task's oracle) and its prompts."""
     from lightning_rlhf import (
         AdaptiveKLController,
         KLPenalty,
@@ -82,15 +78,9 @@ def soak(args: argparse.Namespace, work: Path) -> dict:
         RewardModel,
         ScalarModelCritic,
     )
-    from lightning_rlhf.modules.ppo import PPOOptions
     from lightning_rlhf.rewards import TaskOracle
     from lightning_rlhf.rollout import SamplingOptions
 
-    torch.set_num_threads(args.threads)
-    policy, rm_dir, task = build(work, args.hidden_size, args.num_layers)
-    L.seed_everything(0, verbose=False)
-    ppo = PPOOptions(ppo_epochs=2, num_minibatches=2, samples_per_prompt=args.samples)
-    steps_per_iteration = ppo.ppo_epochs * ppo.num_minibatches
     module = PPOModule(
         policy,
         reward=RewardModel(rm_dir),
@@ -109,7 +99,15 @@ def soak(args: argparse.Namespace, work: Path) -> dict:
         num_val_prompts=32,
         max_prompt_length=32,
     )
-    samples: list[tuple[int, int, float]] = []  # (iteration, rss, seconds)
+    return module, data
+
+
+def rss_sampler(args: argparse.Namespace, samples: list[tuple[int, int, float]]):
+    """A callback appending (iteration, RSS, seconds since its creation) after every iteration,
+    first leaking ``--leak-kib`` on purpose when asked."""
+    import lightning as L
+    import torch
+
     leaked: list[torch.Tensor] = []
     start = time.perf_counter()
 
@@ -119,8 +117,17 @@ def soak(args: argparse.Namespace, work: Path) -> dict:
                 leaked.append(torch.ones(int(args.leak_kib * 256)))  # 256 float32 = 1 KiB
             samples.append((len(samples) + 1, rss_bytes(), time.perf_counter() - start))
 
+    return RSS()
+
+
+def trainer(args: argparse.Namespace, work: Path, callback, steps_per_iteration: int):
+    """The run's Trainer: validation and a checkpoint 4 times, a CSV logger, every step logged."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
     every = max(args.iterations // 4, 1)
-    trainer = L.Trainer(
+    return L.Trainer(
         accelerator="cpu",
         max_steps=args.iterations * steps_per_iteration,
         val_check_interval=every,
@@ -129,13 +136,16 @@ def soak(args: argparse.Namespace, work: Path) -> dict:
         use_distributed_sampler=False,
         logger=CSVLogger(work / "logs"),
         callbacks=[
-            RSS(),
+            callback,
             ModelCheckpoint(work / "ckpt", every_n_train_steps=every * steps_per_iteration),
         ],
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.fit(module, data)
+
+
+def summarize(args: argparse.Namespace, samples: list[tuple[int, int, float]]) -> dict:
+    """RSS at a few points and its growth per iteration after the warm-up (a line's slope)."""
     skip = max(int(len(samples) * args.warmup), 2)
     xs = [float(i) for i, _, _ in samples[skip:]]
     ys = [rss / 1024 for _, rss, _ in samples[skip:]]  # KiB
@@ -158,6 +168,24 @@ def soak(args: argparse.Namespace, work: Path) -> dict:
         "steady": slope < args.max_kib_per_iteration,
         "rss_kib_per_iteration": [round(s[1] / 1024) for s in samples],
     }
+
+
+def soak(args: argparse.Namespace, work: Path) -> dict:
+    import lightning as L
+    import torch
+
+    from lightning_rlhf.modules.ppo import PPOOptions
+
+    torch.set_num_threads(args.threads)
+    policy, rm_dir, task = build(work, args.hidden_size, args.num_layers)
+    L.seed_everything(0, verbose=False)
+    ppo = PPOOptions(ppo_epochs=2, num_minibatches=2, samples_per_prompt=args.samples)
+    module, data = stage(args, ppo, policy, rm_dir, task)
+    steps_per_iteration = ppo.ppo_epochs * ppo.num_minibatches
+    samples: list[tuple[int, int, float]] = []  # (iteration, rss, seconds)
+    callback = rss_sampler(args, samples)
+    trainer(args, work, callback, steps_per_iteration).fit(module, data)
+    return summarize(args, samples)
 
 
 def main(argv: list[str] | None = None) -> dict:
