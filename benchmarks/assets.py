@@ -175,36 +175,15 @@ def write_data(out_dir: Path, tokenizer, words: list[str], spec: DataSpec, seed:
 
 # --------------------------------------------------------------------------------- models
 def causal_lm(spec: ModelSpec, tokenizer, seed: int):
-    """The package's tiny Llama (``lightning_rlhf.tiny``) at ``spec``'s sizes with ``tokenizer``'s
-    vocabulary: built by the package with its byte vocabulary, then the (tied) embedding resized to
-    ``len(tokenizer)``, the new rows drawn like a fresh model's (normal, std 0.02)."""
-    import tempfile
-
-    import torch
-    from transformers import LlamaForCausalLM
-
-    from lightning_rlhf.tiny import init_tiny_model
+    """The package's tiny Llama (``lightning_rlhf.tiny.tiny_llama``) at ``spec``'s sizes with
+    ``tokenizer``'s vocabulary, pad and EOS ids."""
+    from lightning_rlhf.tiny import tiny_llama
 
     if spec.intermediate_size != 4 * spec.hidden_size:
         raise ValueError(f"{spec.name}: the tiny builder's MLP is 4 × hidden")
-    with tempfile.TemporaryDirectory() as tmp:
-        init_tiny_model(
-            Path(tmp) / "lm",
-            hidden_size=spec.hidden_size,
-            num_layers=spec.num_layers,
-            num_heads=spec.num_heads,
-            max_positions=spec.max_positions,
-            seed=seed,
-        )
-        model = LlamaForCausalLM.from_pretrained(Path(tmp) / "lm", dtype=torch.float32)
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    # the byte tokenizer's special ids are the benchmark tokenizer's: pad 0, EOS 1, no BOS
-    if (model.config.pad_token_id, model.config.eos_token_id) != (
-        tokenizer.pad_token_id,
-        tokenizer.eos_token_id,
-    ):
-        raise ValueError("the tiny model's pad and EOS ids differ from the tokenizer's")
-    return model
+    return tiny_llama(
+        tokenizer, spec.hidden_size, spec.num_layers, spec.num_heads, spec.max_positions, seed
+    )
 
 
 def write_models(out_dir: Path, spec: ModelSpec, tokenizer, seed: int) -> None:

@@ -130,7 +130,7 @@ def group_advantages(
 
     Args:
         scores: (B,) sequence scores, consecutive groups of ``group_size`` share a prompt.
-        group_size: G, completions per prompt; must divide B.
+        group_size: G, completions per prompt (the RL stage's ``ppo.samples_per_prompt``); must divide B.
         normalize_std: divide by the group std.
         eps: added to the std.
         unbiased: the sample std (G - 1) instead of the population std (G).
@@ -158,7 +158,7 @@ def leave_one_out_advantages(scores: Tensor, group_size: int) -> Tensor:
 
     Args:
         scores: (B,) sequence scores, consecutive groups of ``group_size`` share a prompt.
-        group_size: G >= 2, completions per prompt; must divide B.
+        group_size: G >= 2, completions per prompt (``ppo.samples_per_prompt``); must divide B.
 
     Returns:
         (B,) advantages, in ``scores``' dtype.
@@ -182,18 +182,18 @@ class AdvantageEstimator:
 
     ``rewards`` come from :func:`penalized_rewards`: the score at each response's last token and,
     when the KL penalty is in the reward, ``-beta * kl`` at every token. Subclasses implement
-    ``__call__(rewards, values, mask, group_size) -> (advantages, returns)``, all (B, T).
+    ``__call__(rewards, values, mask, samples_per_prompt) -> (advantages, returns)``, all (B, T).
 
     Attributes:
         needs_critic: the estimator uses ``values`` (a learned critic is loaded and trained).
-        min_group_size: the fewest samples per prompt it works with.
+        min_samples_per_prompt: the fewest samples per prompt it works with.
     """
 
     needs_critic: bool = False
-    min_group_size: int = 1
+    min_samples_per_prompt: int = 1
 
     def __call__(
-        self, rewards: Tensor, values: Tensor, mask: Tensor, group_size: int
+        self, rewards: Tensor, values: Tensor, mask: Tensor, samples_per_prompt: int
     ) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
@@ -214,7 +214,7 @@ class GAE(AdvantageEstimator):
         self.gamma, self.lam = gamma, lam
 
     def __call__(
-        self, rewards: Tensor, values: Tensor, mask: Tensor, group_size: int
+        self, rewards: Tensor, values: Tensor, mask: Tensor, samples_per_prompt: int
     ) -> tuple[Tensor, Tensor]:
         return gae(rewards, values, mask, self.gamma, self.lam)
 
@@ -232,7 +232,7 @@ class GroupRelative(AdvantageEstimator):
     """GRPO (Shao et al. 2024): a response's return relative to the others sampled for its prompt.
 
     The return of a response is the sum of its per-token rewards (its score, minus β·KL when the
-    penalty is in the reward); :func:`group_advantages` over each prompt's ``group_size``
+    penalty is in the reward); :func:`group_advantages` over each prompt's ``samples_per_prompt``
     responses gives one advantage, shared by every token of the response. No critic.
 
     Args:
@@ -246,7 +246,7 @@ class GroupRelative(AdvantageEstimator):
             sqrt(G / (G − 1)) (1.07 for groups of 8), which the learning rate absorbs.
     """
 
-    min_group_size = 2
+    min_samples_per_prompt = 2
 
     def __init__(
         self,
@@ -259,11 +259,11 @@ class GroupRelative(AdvantageEstimator):
         self.scale_by_std, self.eps, self.std = scale_by_std, eps, std
 
     def __call__(
-        self, rewards: Tensor, values: Tensor, mask: Tensor, group_size: int
+        self, rewards: Tensor, values: Tensor, mask: Tensor, samples_per_prompt: int
     ) -> tuple[Tensor, Tensor]:
         returns = masked_fill_zero(rewards, mask).sum(1)  # (B,)
         unbiased = self.std == "sample"
-        adv = group_advantages(returns, group_size, self.scale_by_std, self.eps, unbiased)
+        adv = group_advantages(returns, samples_per_prompt, self.scale_by_std, self.eps, unbiased)
         return _sequence_advantages(adv, returns, mask)
 
 
@@ -272,11 +272,11 @@ class LeaveOneOut(AdvantageEstimator):
     responses to its prompt (:func:`leave_one_out_advantages`), shared by all its tokens. No
     critic; needs at least 2 responses per prompt."""
 
-    min_group_size = 2
+    min_samples_per_prompt = 2
 
     def __call__(
-        self, rewards: Tensor, values: Tensor, mask: Tensor, group_size: int
+        self, rewards: Tensor, values: Tensor, mask: Tensor, samples_per_prompt: int
     ) -> tuple[Tensor, Tensor]:
         returns = masked_fill_zero(rewards, mask).sum(1)  # (B,)
-        adv = leave_one_out_advantages(returns, group_size)
+        adv = leave_one_out_advantages(returns, samples_per_prompt)
         return _sequence_advantages(adv, returns, mask)

@@ -14,23 +14,20 @@ from lightning_rlhf.export_target import check_export_target, write_marker
 from lightning_rlhf.io import atomic_dir
 
 
-def init_tiny_model(
-    out_dir: str | Path,
+def tiny_llama(
+    tokenizer,
     hidden_size: int = 128,
     num_layers: int = 4,
     num_heads: int = 4,
     max_positions: int = 128,
     seed: int = 0,
-) -> Path:
-    """Write a randomly initialised Llama (~1.1M parameters at the defaults) and its tokenizer.
+):
+    """A randomly initialised Llama whose vocabulary, pad and EOS ids are ``tokenizer``'s: MLP
+    4 × hidden, no BOS, embedding tied to the LM head; ``seed`` fixes the weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    The tokenizer is ByT5's byte tokenizer (needs no files): ids 0 pad, 1 EOS, 2 unk, 3-258 bytes.
-    """
-    from transformers import ByT5Tokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = ByT5Tokenizer()
     config = LlamaConfig(
-        vocab_size=len(tokenizer),  # 384: 259 byte/special ids + ByT5's 125 extra ids
+        vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=4 * hidden_size,
         num_hidden_layers=num_layers,
@@ -45,6 +42,26 @@ def init_tiny_model(
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def init_tiny_model(
+    out_dir: str | Path,
+    hidden_size: int = 128,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    max_positions: int = 128,
+    seed: int = 0,
+) -> Path:
+    """Write a randomly initialised Llama (~1.1M parameters at the defaults) and its tokenizer.
+
+    The tokenizer is ByT5's byte tokenizer (needs no files): ids 0 pad, 1 EOS, 2 unk, 3-258 bytes,
+    and ByT5's 125 extra ids: a vocabulary of 384.
+    """
+    from transformers import ByT5Tokenizer
+
+    tokenizer = ByT5Tokenizer()
+    model = tiny_llama(tokenizer, hidden_size, num_layers, num_heads, max_positions, seed)
     with atomic_dir(out_dir, guard=check_export_target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

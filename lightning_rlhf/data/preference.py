@@ -74,7 +74,7 @@ class PreferenceDataModule(TextDataModule):
         max_length: longest tokenised prompt + response; longer ones keep the end of the response
             (where the score is read) and what fits of the prompt's end. Pairs that this makes
             token-identical are dropped and counted; most of them: the data is refused.
-        num_eval_prompts: prompts of the first validation pairs served as a second validation
+        num_val_prompts: prompts of the first validation pairs served as a second validation
             loader, for a policy to answer (the DPO stage's oracle score); 0 serves the pairs
             alone, as the reward stage expects.
         **kwargs: the options every data module has (:class:`TextDataModule`): ``train_split``,
@@ -92,13 +92,13 @@ class PreferenceDataModule(TextDataModule):
         rejected_column: str = "rejected",
         margin_column: str | None = None,
         max_length: int = 128,
-        num_eval_prompts: int = 0,
+        num_val_prompts: int = 0,
         **kwargs: Any,
     ) -> None:
         if max_length < 2:
             raise ValueError(f"data.max_length must be at least 2, got {max_length}")
-        if num_eval_prompts < 0:
-            raise ValueError(f"data.num_eval_prompts must be >= 0, got {num_eval_prompts}")
+        if num_val_prompts < 0:
+            raise ValueError(f"data.num_val_prompts must be >= 0, got {num_val_prompts}")
         super().__init__(train_path, val_path, tokenizer, **kwargs)
 
     def _texts(self, row: dict, has_prompt: bool) -> tuple[str, str, str]:
@@ -209,7 +209,7 @@ class PreferenceDataModule(TextDataModule):
         return self.resumable_loader(self.train_set, self._collate())
 
     def val_dataloader(self) -> DataLoader | list:
-        """The pairs; with ``num_eval_prompts``, a second loader of their prompts, left-padded."""
+        """The pairs; with ``num_val_prompts``, a second loader of their prompts, left-padded."""
         if not self.val_set:
             return []
         loader = self.loader
@@ -219,10 +219,10 @@ class PreferenceDataModule(TextDataModule):
             num_workers=loader.num_workers,
             collate_fn=self._collate(),
         )
-        if not self.hparams.num_eval_prompts:
+        if not self.hparams.num_val_prompts:
             return pairs
         prompts = DataLoader(
-            self.val_set[: self.hparams.num_eval_prompts],
+            self.val_set[: self.hparams.num_val_prompts],
             batch_size=max(loader.batch_size, 128),
             collate_fn=self.collate(collate_prompts),
         )

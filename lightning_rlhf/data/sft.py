@@ -71,7 +71,7 @@ class SFTDataModule(TextDataModule):
         packing: concatenate examples into full rows of ``max_length`` (no padding); before
             the first packed step the model is probed, and one whose attention ignores
             ``position_ids`` (OPT, GPT-2) is refused, naming its type.
-        num_eval_prompts: validation prompts the module generates for (oracle score, samples).
+        num_val_prompts: validation prompts the module generates for (oracle score, samples).
         **kwargs: the options every data module has (:class:`TextDataModule`): ``train_split``,
             ``val_split``, ``subset``, ``val_fraction``, ``batch_size``, ``pad_to_multiple_of``,
             ``num_workers``, ``seed``, ``trust_remote_code``.
@@ -89,7 +89,7 @@ class SFTDataModule(TextDataModule):
         truncation: Literal["left", "drop"] = "left",
         completion_only_loss: bool = True,
         packing: bool = False,
-        num_eval_prompts: int = 300,
+        num_val_prompts: int = 300,
         **kwargs: Any,
     ) -> None:
         if max_length < 2:
@@ -168,7 +168,7 @@ class SFTDataModule(TextDataModule):
                 collate_fn=self.collate(collate_lm),
             ),
             DataLoader(
-                self.val_set[: self.hparams.num_eval_prompts],
+                self.val_set[: self.hparams.num_val_prompts],
                 batch_size=max(batch_size, 128),
                 collate_fn=self.collate(collate_prompts),
             ),

@@ -103,7 +103,7 @@ class DPOModule(PolicyModule):
     ``chosen_logratio`` and ``rejected_logratio`` (mean log π − log πref on each side's
     responses: proxies of the KL to the reference), and at validation the oracle score of greedy
     answers to the prompts of the data module's second validation loader
-    (``data.num_eval_prompts``).
+    (``data.num_val_prompts``).
 
     Args:
         model_name_or_path: the initial policy (the SFT export, or any causal LM).

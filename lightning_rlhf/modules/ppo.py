@@ -67,10 +67,10 @@ def ppo_adamw(params) -> torch.optim.Optimizer:
 
 def _check_options(ppo: PPOOptions, sampling: SamplingOptions, advantage: AdvantageEstimator):
     """Refuse options the RL stage cannot learn from, naming the option to change."""
-    if ppo.samples_per_prompt < advantage.min_group_size:
+    if ppo.samples_per_prompt < advantage.min_samples_per_prompt:
         raise ValueError(
             f"{type(advantage).__name__} needs ppo.samples_per_prompt >= "
-            f"{advantage.min_group_size} (responses per prompt), got {ppo.samples_per_prompt}"
+            f"{advantage.min_samples_per_prompt} (responses per prompt), got {ppo.samples_per_prompt}"
         )
     if sampling.temperature == 0:  # greedy: π_old is one-hot, ratio 1, KL 0, entropy 0
         raise ValueError(

@@ -24,7 +24,7 @@ pytestmark = [
         not (CUDA or ON_CPU), reason="needs CUDA (or LIGHTNING_RLHF_GPU_TESTS_ON_CPU=1)"
     ),
 ]
-SFT_ARGS = ["--model.schedule.warmup_steps", "10", "--data.num_eval_prompts", "16"]
+SFT_ARGS = ["--model.schedule.warmup_steps", "10", "--data.num_val_prompts", "16"]
 RL_ARGS = ["--model.sampling.max_new_tokens", "6", "--model.eval_sampling.max_new_tokens", "6",
            "--data.num_val_prompts", "16", "--trainer.log_every_n_steps", "1"]  # fmt: skip
 
@@ -157,7 +157,7 @@ def test_rl_metrics_finite_and_policy_moves(stage, request, sft):
 def test_dpo_loss_finite_and_exports(tmp_path, sft, task_dir):
     metrics, export = fit("dpo", tmp_path, sft[1], task_dir / "pref", 40,
                           "--model.eval_sampling.max_new_tokens", "6",
-                          "--data.num_eval_prompts", "16")  # fmt: skip
+                          "--data.num_val_prompts", "16")  # fmt: skip
     assert_all_finite(metrics)
     assert len(series(metrics, "train/loss")) == 8 and series(metrics, "val/loss")
     assert (export / "dpo_stats.json").exists()

@@ -23,7 +23,7 @@ def test_dpo_config_trains_logs_and_exports(tmp_path, tiny_model_dir, task_dir):
         "--model.eval_sampling.max_new_tokens", "4",
         "--data.train_path", str(task_dir / "pref_train.jsonl"),
         "--data.val_path", str(task_dir / "pref_val.jsonl"),
-        "--data.batch_size", "16", "--data.num_eval_prompts", "16",
+        "--data.batch_size", "16", "--data.num_val_prompts", "16",
         "--trainer.max_steps", "20", "--trainer.val_check_interval", "10",
         "--trainer.limit_val_batches", "4", "--trainer.log_every_n_steps", "5",
         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",

@@ -27,7 +27,7 @@ def sft_run(tmp_path_factory):
         "--model.model_name_or_path", str(d / "base"),
         "--data.train_path", str(d / "task/sft_train.jsonl"),
         "--data.val_path", str(d / "task/sft_val.jsonl"),
-        "--data.num_eval_prompts", "64",
+        "--data.num_val_prompts", "64",
         "--trainer.max_steps", "300", "--trainer.val_check_interval", "150",
         "--trainer.log_every_n_steps", "10",
         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
@@ -78,7 +78,7 @@ def test_print_config_help_and_validate(sft_run, tmp_path):
     val = cli(
         "validate", "--config", str(ROOT / "configs/sft.yaml"),
         "--model.model_name_or_path", str(d / "sft"),
-        "--data.val_path", str(d / "task/sft_val.jsonl"), "--data.num_eval_prompts", "32",
+        "--data.val_path", str(d / "task/sft_val.jsonl"), "--data.num_val_prompts", "32",
         "--trainer.logger", "false", "--trainer.callbacks", "[]",
         cwd=tmp_path,
     )  # fmt: skip
@@ -87,7 +87,7 @@ def test_print_config_help_and_validate(sft_run, tmp_path):
     quiet = cli(
         "validate", "--config", str(ROOT / "configs/sft.yaml"),
         "--model.model_name_or_path", str(d / "sft"),
-        "--data.val_path", str(d / "task/sft_val.jsonl"), "--data.num_eval_prompts", "32",
+        "--data.val_path", str(d / "task/sft_val.jsonl"), "--data.num_val_prompts", "32",
         "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
         cwd=tmp_path,
     )  # fmt: skip

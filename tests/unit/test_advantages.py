@@ -311,7 +311,7 @@ def test_group_relative_estimator_broadcasts_the_group_advantage() -> None:
     close(returns, [[0.9] * 3, [0.3, 0.3, 0.0], [2.0] * 3, [2.0] * 3])
     adv, _ = GroupRelative(scale_by_std=False)(EST_REWARDS, torch.zeros(4, 3), EST_MASK, 2)
     close(adv, [[0.3] * 3, [-0.3, -0.3, 0.0], [0.0] * 3, [0.0] * 3])
-    assert not GroupRelative.needs_critic and GroupRelative.min_group_size == 2
+    assert not GroupRelative.needs_critic and GroupRelative.min_samples_per_prompt == 2
 
 
 def test_leave_one_out_estimator() -> None:

@@ -163,11 +163,11 @@ def test_collated_response_mask_and_index(tmp_path, tiny_model_dir):
     ]
 
 
-def test_num_eval_prompts_serves_left_padded_prompts(tmp_path, tiny_model_dir):
+def test_num_val_prompts_serves_left_padded_prompts(tmp_path, tiny_model_dir):
     rows = [{"prompt": f"{i}+{i}=", "chosen": "x", "rejected": "y"} for i in (1, 12, 3, 45, 6)]
     path = write_jsonl(tmp_path / "p.jsonl", rows)
     dm = PreferenceDataModule(
-        train_path=path, val_path=path, tokenizer=tiny_model_dir, num_eval_prompts=3
+        train_path=path, val_path=path, tokenizer=tiny_model_dir, num_val_prompts=3
     )
     dm.setup("fit")
     pairs, prompts = dm.val_dataloader()
@@ -176,12 +176,12 @@ def test_num_eval_prompts_serves_left_padded_prompts(tmp_path, tiny_model_dir):
     assert batch.prompts == ["1+1=", "12+12=", "3+3="]
     assert batch.input_ids.tolist() == [[0, 0] + b("1+1="), b("12+12="), [0, 0] + b("3+3=")]
     assert len(next(iter(pairs)).prompts) == 5
-    # without num_eval_prompts the pairs come alone, as the reward stage expects
+    # without num_val_prompts the pairs come alone, as the reward stage expects
     alone = PreferenceDataModule(train_path=path, val_path=path, tokenizer=tiny_model_dir)
     alone.setup("fit")
     assert not isinstance(alone.val_dataloader(), list)
-    with pytest.raises(ValueError, match="num_eval_prompts must be >= 0"):
-        PreferenceDataModule(tokenizer=tiny_model_dir, num_eval_prompts=-1)
+    with pytest.raises(ValueError, match="num_val_prompts must be >= 0"):
+        PreferenceDataModule(tokenizer=tiny_model_dir, num_val_prompts=-1)
 
 
 # --- the module: log-probs, reference, cache ---------------------------------------------------
@@ -372,7 +372,7 @@ def test_validation_metrics_oracle_score_and_export(tiny_model_dir, pairs_file, 
         val_path=pairs_file,
         tokenizer=tiny_model_dir,
         batch_size=5,
-        num_eval_prompts=7,
+        num_val_prompts=7,
     )
     metrics = L.Trainer(**TRAINER).validate(module, dm, verbose=False)[0]
     # policy == reference: the loss is log 2 and the implicit rewards are zero
