@@ -12,16 +12,24 @@ Sides: "loop before" is ``HFRollout(compact_finished=False, cache="dynamic")``, 
 package had before the engines (every row to the end, transformers' concatenating cache);
 "HFRollout" its default; "HFRollout static" transformers' StaticCache; "PagedRollout"
 (its first call, with the library's warm-up, timed apart); "transformers generate" with
-``do_sample``, no top-k/top-p and the same EOS rule.
+``do_sample``, no top-k/top-p and the same EOS rule; with ``--vllm-python PY``, "vLLM":
+``VLLMRollout`` on the same model and prompts in a process of that interpreter (vLLM's own venv,
+``.ci/vllm-venv.sh``), after the other sides, its engine start timed apart (the default engine,
+compiled: ``enforce_eager`` false). vLLM is not given the ragged case (its EOS rule is a hook on
+the Hugging Face model).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -83,13 +91,72 @@ def sides(model, ids, mask, new: int, ragged: bool):
     }
 
 
-def engines(rows: int, news: list[int], rounds: int, threads: int, ragged: bool) -> None:
-    model = model_58m()
+def prompts(rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows`` random prompts of 32 tokens, row i left-padded by i mod 8: (rows, 32) each."""
     torch.manual_seed(1)
     ids = torch.randint(3, 32000, (rows, 32))
     mask = torch.ones_like(ids)
-    for i in range(rows):  # left padding of 0..7 tokens
+    for i in range(rows):
         ids[i, : i % 8], mask[i, : i % 8] = PAD, 0
+    return ids, mask
+
+
+def timed_rounds(fns: dict, new: int, rounds: int) -> dict[str, list[float]]:
+    """Tokens/s of each side per round, the sides alternating (the first rotates each round)."""
+    rates: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(rounds):
+        names = list(fns)[r % len(fns) :] + list(fns)[: r % len(fns)]
+        for name in names:
+            t = time.perf_counter()
+            tokens = fns[name]()
+            rates[name].append(tokens / (time.perf_counter() - t))
+            print(f"N={new} round {r} {name:22s} {rates[name][-1]:7.0f} tokens/s", flush=True)
+    return rates
+
+
+def vllm_side(rows: int, news: list[int], rounds: int) -> dict:
+    """In vLLM's venv: VLLMRollout on the benchmark's model and prompts, every row to N."""
+    from lightning_rlhf.rollout import VLLMRollout
+
+    model, (ids, mask) = model_58m(), prompts(rows)
+    engine = VLLMRollout(max_model_len=32 + max(news), dtype="float32")
+    engine.bind(model, EOS, PAD)
+    t = time.perf_counter()
+    engine.load_weights(model, 1)  # the engine's start: weights read, graphs compiled
+    out = {"start_s": time.perf_counter() - t, "results": {}}
+    with torch.no_grad():
+        for new in news:
+            options = SamplingOptions(new, temperature=1.0, min_new_tokens=new)
+
+            def fn(options=options) -> int:
+                return int(engine.generate(ids, mask, options).response_mask.sum())
+
+            t = time.perf_counter()
+            fn()  # the first call of each N: the engine's warm-up for that length
+            out["results"][str(new)] = {
+                "first_call_s": time.perf_counter() - t,
+                "all": timed_rounds({"vLLM": fn}, new, rounds)["vLLM"],
+            }
+    return out
+
+
+def run_vllm(python: str, rows: int, news: list[int], rounds: int, threads: int) -> dict:
+    """:func:`vllm_side` in a process of ``python`` (vLLM's venv), this checkout on its path."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{root / 'benchmarks'}",
+           "OMP_NUM_THREADS": str(threads), "VLLM_CPU_KVCACHE_SPACE": "4"}  # fmt: skip
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        args = ["--vllm-side", f.name, "--rows", str(rows), "--rounds", str(rounds), "--new"]
+        cmd = [python, __file__, *args, *map(str, news)]
+        subprocess.run(cmd, check=True, env=env)
+        return json.loads(Path(f.name).read_text())
+
+
+def engines(
+    rows: int, news: list[int], rounds: int, threads: int, ragged: bool, vllm_python: str | None
+) -> None:
+    model = model_58m()
+    ids, mask = prompts(rows)
     hook = eos_share_hook(model, 2 / max(news)) if ragged else None
     report = {"case": f"58M Llama, {rows} prompts x 32, fp32, {threads} thread(s)", "ragged": ragged,
               "torch": torch.__version__, "cpu": platform.processor(), "date": str(date.today()),
@@ -100,22 +167,21 @@ def engines(rows: int, news: list[int], rounds: int, threads: int, ragged: bool)
             t = time.perf_counter()
             fns["PagedRollout"]()  # its first call: the manager's set-up and warm-up included
             first_paged = time.perf_counter() - t
-            rates = {name: [] for name in fns}
-            for r in range(rounds):
-                names = list(fns)[r % len(fns) :] + list(fns)[: r % len(fns)]
-                for name in names:
-                    t = time.perf_counter()
-                    tokens = fns[name]()
-                    rates[name].append(tokens / (time.perf_counter() - t))
-                    print(
-                        f"N={new} round {r} {name:22s} {rates[name][-1]:7.0f} tokens/s", flush=True
-                    )
+            rates = timed_rounds(fns, new, rounds)
             report["results"][str(new)] = {
                 "tokens_per_s": {k: statistics.median(v) for k, v in rates.items()},
                 "all": rates, "paged_first_call_s": first_paged,
             }  # fmt: skip
     if hook is not None:
         hook.remove()
+    if vllm_python and not ragged:
+        del model  # its memory, for the engine's
+        theirs = run_vllm(vllm_python, rows, news, rounds, threads)
+        report["vllm_start_s"] = theirs["start_s"]
+        for new, res in theirs["results"].items():
+            report["results"][new]["tokens_per_s"]["vLLM"] = statistics.median(res["all"])
+            report["results"][new]["all"]["vLLM"] = res["all"]
+            report["results"][new]["vllm_first_call_s"] = res["first_call_s"]
     print_table(report)
     name = f"generation-engines-{report['date']}-{threads}t{'-ragged' if ragged else ''}.json"
     (RESULTS / name).write_text(json.dumps(report, indent=1))
@@ -129,3 +195,21 @@ def print_table(report) -> None:
         base = res["tokens_per_s"]["loop before"]
         cells = ", ".join(f"{k} {v:.0f} ({v / base:.2f})" for k, v in res["tokens_per_s"].items())
         print(f"N={new}: {cells}; PagedRollout's first call {res['paged_first_call_s']:.1f} s")
+    if "vllm_start_s" in report:
+        print(f"vLLM's engine start {report['vllm_start_s']:.1f} s (not in its tokens/s)")
+
+
+def main() -> None:
+    """The vLLM side's entry point (``run_vllm`` calls it in vLLM's venv)."""
+    p = argparse.ArgumentParser(description="vLLM's side of the engines benchmark")
+    p.add_argument("--vllm-side", required=True, help="where to write its JSON")
+    p.add_argument("--rows", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--new", type=int, nargs="+", default=[64, 256])
+    a = p.parse_args()
+    out = vllm_side(a.rows, a.new, a.rounds)
+    Path(a.vllm_side).write_text(json.dumps(out))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

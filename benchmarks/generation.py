@@ -4,6 +4,7 @@ token draw by ``torch.multinomial`` against ``rollout.sample_tokens``, in one pr
     .venv/bin/python benchmarks/generation.py            # ~1 min; --model llama-5m, --threads N
     .venv/bin/python benchmarks/generation.py --host     # the host's work per token (~1 min)
     .venv/bin/python benchmarks/generation.py --engines --threads 2   # the rollout engines
+    .venv/bin/python benchmarks/generation.py --engines --threads 2 --vllm-python .venv-vllm/bin/python
 
 ``--engines`` times the rollout engines against the loop before them and transformers'
 ``generate`` (see ``engines``); it writes benchmarks/results/generation-engines-<date>.json.
@@ -59,6 +60,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=64, help="--engines: prompts per call")
     parser.add_argument("--new", type=int, nargs="+", default=[64, 256], help="--engines: N")
     parser.add_argument("--ragged", action="store_true", help="--engines: long-tailed lengths")
+    parser.add_argument(
+        "--vllm-python", help="--engines: vLLM's venv's python, for a vLLM side (.ci/vllm-venv.sh)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.host:
@@ -66,7 +70,9 @@ def main() -> None:
     if args.engines:
         from engines_bench import engines
 
-        return engines(args.rows, args.new, args.rounds, args.threads, args.ragged)
+        return engines(
+            args.rows, args.new, args.rounds, args.threads, args.ragged, args.vllm_python
+        )
     root = assets.build(HERE / ".cache", args.model, assets.DataSpec())
     tok = load_tokenizer(str(root / "lm"), padding_side="left")
     model = load_causal_lm(str(root / "lm")).eval()
