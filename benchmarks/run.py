@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/run.py            # the full suite (about 15 min on 2 cores)
     .venv/bin/python benchmarks/run.py --quick    # every case on the small model, a few steps
+    .venv/bin/python benchmarks/run.py --long     # PPO and GRPO with 256-token responses
     python benchmarks/run.py --device cuda --peer-path trl-latest=DIR --peer-path trl-0.29.1=DIR
                                                   # the GPU suite (a 0.5B model in bf16)
 
@@ -9,7 +10,7 @@ Builds the models, tokenizers and data (``assets.py``, cached in ``benchmarks/.c
 the peers' environments (``envs.py``, in ``benchmarks/.venvs``), measures the matmul peak, runs
 every side of every case alternately in separate processes (round 1: A B C, round 2: A B C, ...),
 and writes ``benchmarks/results/<machine>-<date>-<threads>t.json`` and ``benchmarks/results/latest.md``
-(``latest-partial.md`` for ``--quick`` or ``--cases`` runs).
+(``latest-long.md`` for ``--long``, ``latest-partial.md`` for ``--quick`` or ``--cases`` runs).
 """
 
 from __future__ import annotations
@@ -203,6 +204,9 @@ def peak_spread(peaks: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small model, few steps, one round")
+    parser.add_argument(
+        "--long", action="store_true", help="the 256-token PPO and GRPO cases instead (CPU)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads of every run")
     parser.add_argument("--repeats", type=int, help="rounds: runs per side (default 2; --quick: 1)")
     parser.add_argument("--cases", nargs="*", help="only cases whose name contains one of these")
@@ -228,7 +232,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def select_cases(args: argparse.Namespace) -> list[suite.Case]:
     """The suite of ``--device`` (``--quick``'s on the CPU), narrowed by ``--cases``."""
-    suites = {"cuda": suite.gpu, "cpu": suite.quick if args.quick else suite.full}
+    cpu = suite.long if args.long else suite.quick if args.quick else suite.full
+    suites = {"cuda": suite.gpu, "cpu": cpu}
     cases = suites[args.device]()
     if args.cases:
         cases = [c for c in cases if any(s in c.name for s in args.cases)]
@@ -250,17 +255,25 @@ def interpreters(cases: list[suite.Case], peer_path: list[str]) -> dict[str, Pyt
 
 
 def output_paths(args: argparse.Namespace, info: dict[str, Any], date: str) -> tuple[Path, Path]:
-    """``results/<machine>-<date>-<threads>t[-quick|-<cases>].json`` and the Markdown table's
-    file (``latest.md``, ``latest-partial.md`` for a partial run, ``latest-gpu.md``)."""
+    """``results/<machine>-<date>-<threads>t[-long|-quick][-<cases>].json`` and the Markdown
+    table's file (``latest.md``, ``latest-long.md``, ``latest-partial.md`` for a partial run,
+    ``latest-gpu.md``)."""
     if args.device == "cuda":
         name = "gpu-" + "-".join(info.get("gpu", "cuda").lower().split())
     else:
         cpu = info["cpu"].lower().replace("(r)", "").replace("(tm)", "")
         name = f"cpu{info['cores']}-" + "-".join(cpu.split()[:4])
-    kind = "-quick" if args.quick else "-" + "+".join(args.cases) if args.cases else ""
+    kind = "-long" if args.long else "-quick" if args.quick else ""
+    kind += "-" + "+".join(args.cases) if args.cases else ""
     path = args.results / f"{name}-{date}-{args.threads}t{kind}.json"
     table_path = args.results / (
-        "latest-gpu.md" if args.device == "cuda" else "latest-partial.md" if kind else "latest.md"
+        "latest-gpu.md"
+        if args.device == "cuda"
+        else "latest-long.md"
+        if args.long and not args.cases
+        else "latest-partial.md"
+        if kind
+        else "latest.md"
     )
     return path, table_path
 

@@ -318,6 +318,63 @@ def _gpu_ppo() -> Case:
     )
 
 
+# the long-response cases: responses of 256 tokens, on the small model (its 4k vocabulary keeps
+# the logits of a 256-token rollout within a CPU's memory; the 25M model's 32k would not)
+LONG = 256
+
+
+def long() -> list[Case]:
+    """Generation-bound RL steps (``--long``): PPO against TRL 0.29.1 and GRPO against TRL latest
+    (its ``generate`` path and its continuous-batching path), every response 256 tokens."""
+    return [_ppo_long("llama-5m"), _grpo("llama-5m")]
+
+
+def _ppo_long(model: str) -> Case:
+    return Case(
+        f"ppo-{model}-{LONG}",
+        "ppo",
+        model,
+        "prompts.jsonl",
+        (Side("ours", "ours_ppo", "ours"), Side("trl", "trl_ppo", "trl-0.29.1")),
+        batch_size=64,
+        max_length=32,
+        warmup=1,
+        steps=2,
+        lr=1e-5,
+        ppo={**PPO, "response_length": LONG},
+        ratios=(
+            Ratio("ours", "trl", 2.0),
+            Ratio("ours", "trl", 1.0, at_most=True, memory=True),
+        ),
+    )
+
+
+def _grpo(model: str) -> Case:
+    grpo = {"response_length": LONG, "samples_per_prompt": 4, "micro_batch": 32, "kl_coef": 0.04}
+    return Case(
+        f"grpo-{model}-{LONG}",
+        "ppo",
+        model,
+        "prompts.jsonl",
+        (
+            Side("ours", "ours_grpo", "ours"),
+            Side("trl", "trl_grpo", "trl-latest"),
+            Side("trl-paged", "trl_grpo", "trl-latest", {"paged": True}),
+        ),
+        batch_size=16,  # prompts: x 4 samples = 64 responses per iteration
+        max_length=32,
+        warmup=1,
+        steps=2,
+        lr=1e-6,
+        ppo=grpo,
+        ratios=(
+            Ratio("ours", "trl", 1.5),
+            Ratio("ours", "trl-paged", 1.5),
+            Ratio("ours", "trl", 1.0, at_most=True, memory=True),
+        ),
+    )
+
+
 def quick() -> list[Case]:
     """Every case on the small model, one warm-up and two timed steps: a check that all of it runs."""
     cases: dict[str, Case] = {}

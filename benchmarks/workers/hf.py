@@ -1,5 +1,6 @@
-"""TRL's side's shared pieces: a transformers callback that marks step ends and counts tokens, the
-settings every TRL config shares with ours, and the SFT and reward workers' training run."""
+"""TRL's side's shared pieces: a transformers callback that marks step ends and counts tokens (and
+one that closes PPO/GRPO iterations), the settings every TRL config shares with ours, and the SFT
+and reward workers' training run."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import tempfile
 from typing import Any
 
 import datasets
-from common import StepClock, TokenCounter, device, training
+from common import PPOProbe, StepClock, TokenCounter, device, training
 from transformers import TrainerCallback
 
 
@@ -26,6 +27,22 @@ class StepCallback(TrainerCallback):
         self.clock.mark()
         if self.counter is not None:
             self.counter.step()
+
+
+class Iterations(StepCallback):
+    """Step ends that also close the probe's PPO iterations."""
+
+    def __init__(self, device: str, probe: PPOProbe) -> None:
+        super().__init__(device)
+        self.probe = probe
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        self.probe.start()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        super().on_step_end(args, state, control, **kwargs)
+        self.probe.end_iteration()
 
 
 def shared(cfg: dict[str, Any], prefix: str = "trl-") -> dict[str, Any]:

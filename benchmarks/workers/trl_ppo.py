@@ -18,7 +18,7 @@ import datasets
 import torch
 import trl.experimental.ppo.ppo_trainer as ppo_trainer
 from common import PPOProbe, device, run_worker, training
-from hf import StepCallback, shared
+from hf import Iterations, shared
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 from trl.experimental.ppo import PPOConfig, PPOTrainer
 
@@ -27,22 +27,6 @@ def _generated(args, kwargs, out):
     queries, responses = args[1], out[0]
     width = responses.shape[1] - queries.shape[1]
     return responses.shape[0], width, int((responses[:, queries.shape[1] :] != args[3]).sum())
-
-
-class Iterations(StepCallback):
-    """Step ends that also close the probe's PPO iterations."""
-
-    def __init__(self, device: str, probe: PPOProbe) -> None:
-        super().__init__(device)
-        self.probe = probe
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        super().on_train_begin(args, state, control, **kwargs)
-        self.probe.start()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        super().on_step_end(args, state, control, **kwargs)
-        self.probe.end_iteration()
 
 
 def config(cfg: dict[str, Any]) -> PPOConfig:

@@ -23,8 +23,9 @@ def test_workers_read_no_config_at_import():
     our side's workers and their shared modules read nothing and run nothing."""
     code = (
         f"import sys; sys.path.insert(0, {str(WORKERS)!r}); "
-        "import common, lit, peak, raw_sft, ours_sft, ours_reward, ours_ppo; "
-        "assert all(callable(m.run) for m in (peak, raw_sft, ours_sft, ours_reward, ours_ppo))"
+        "import common, lit, peak, raw_sft, ours_sft, ours_reward, ours_ppo, ours_grpo; "
+        "assert all(callable(m.run) for m in (peak, raw_sft, ours_sft, ours_reward, ours_ppo, "
+        "ours_grpo))"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code, "/no/such/config.json", "/no/such/result.json"],
