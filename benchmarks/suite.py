@@ -330,17 +330,11 @@ def long() -> list[Case]:
 
 
 def _ppo_long(model: str) -> Case:
-    return Case(
-        f"ppo-{model}-{LONG}",
-        "ppo",
-        model,
-        "prompts.jsonl",
-        (Side("ours", "ours_ppo", "ours"), Side("trl", "trl_ppo", "trl-0.29.1")),
+    """:func:`_ppo` with 256-token responses, 64 prompts per iteration, and the issue's 2× goal."""
+    return replace(
+        _ppo(model),
+        name=f"ppo-{model}-{LONG}",
         batch_size=64,
-        max_length=32,
-        warmup=1,
-        steps=2,
-        lr=1e-5,
         ppo={**PPO, "response_length": LONG},
         ratios=(
             Ratio("ours", "trl", 2.0),
