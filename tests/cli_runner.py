@@ -13,6 +13,10 @@ def run_cli(*args, cwd, env=None, check=True, threads=None, timeout=500):
     ``threads`` pins torch's CPU threads (tiny models run fastest and most repeatably on one).
     """
     env = dict(env or os.environ)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # the other workers hold the other cores: more threads than cores made the slow tests
+        # 2-3x slower (OpenMP threads spinning on each other's barriers), past their timeouts
+        threads = 1
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     proc = subprocess.run(
