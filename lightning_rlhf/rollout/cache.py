@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
+import torch
 from torch import Tensor, nn
 from transformers.cache_utils import DynamicCache, DynamicLayer, StaticCache
 
@@ -32,10 +33,11 @@ class PreallocatedLayer(DynamicLayer):
     def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
         self.device = key_states.device
         b, h, _, d = key_states.shape
-        self._k = key_states.new_empty(b, h, self.capacity, d)
+        self._k = key_states.new_empty(b, h, self.capacity, d, dtype=stored(key_states))
         self._v = value_states.new_empty(
-            b, value_states.shape[1], self.capacity, value_states.shape[3]
-        )
+            b, value_states.shape[1], self.capacity, value_states.shape[3],
+            dtype=stored(value_states),
+        )  # fmt: skip
         self.keys, self.values = self._k[:, :, :0], self._v[:, :, :0]
         self.is_initialized = True
 
@@ -61,6 +63,16 @@ class PreallocatedLayer(DynamicLayer):
             self.keys, self.values = self._k[:, :, :length], self._v[:, :, :length]
 
 
+def stored(states: Tensor) -> torch.dtype:
+    """The dtype a cache keeps ``states`` in: under autocast its dtype (attention casts the
+    keys and values to it anyway, so storing them so rounds alike and saves a full-cache cast at
+    every token: fp32 weights under bf16 autocast give fp32 keys after RoPE), else their own."""
+    kind = states.device.type
+    if torch.is_autocast_enabled(kind) and states.is_floating_point():
+        return torch.get_autocast_dtype(kind)
+    return states.dtype
+
+
 def make_cache(model: nn.Module, kind: str, rows: int, capacity: int, dtype, device):
     """A fresh KV cache for one rollout: "preallocated" (full-attention layers preallocated,
     sliding-window ones left dynamic), "static" (transformers' StaticCache: fixed shapes, what a
@@ -68,7 +80,13 @@ def make_cache(model: nn.Module, kind: str, rows: int, capacity: int, dtype, dev
     config = model.config
     if kind == "static":
         cache = StaticCache(config=config, max_cache_len=capacity)
+        autocast = torch.is_autocast_enabled(device.type)
+        if autocast:
+            dtype = torch.get_autocast_dtype(device.type)  # see ``stored``
         cache.early_initialization(rows, *_kv_shape(config), dtype, device)
+        if autocast:  # its layers copy states in as they come: fp32 keys, bf16 values
+            for layer in cache.layers:
+                layer.__class__ = _casting(type(layer))
         return cache
     cache = DynamicCache(config=config)
     if kind == "preallocated":
@@ -77,6 +95,20 @@ def make_cache(model: nn.Module, kind: str, rows: int, capacity: int, dtype, dev
             for layer in cache.layers
         ]
     return cache
+
+
+_CASTING: dict[type, type] = {}
+
+
+def _casting(cls: type) -> type:
+    """``cls`` (a static cache layer) with an ``update`` that casts the states to the buffers'
+    dtype first."""
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs):
+        states = key_states.to(self.keys.dtype), value_states.to(self.values.dtype)
+        return cls.update(self, *states, *args, **kwargs)
+
+    return _CASTING.setdefault(cls, type(f"Casting{cls.__name__}", (cls,), {"update": update}))
 
 
 def _kv_shape(config) -> tuple[int, int]:

@@ -65,6 +65,7 @@ class HFRollout(RolloutEngine):
         self.compile_decode = compile_decode
         self.gather_full_params = gather_full_params
         self._compiled: tuple[nn.Module, nn.Module] | None = None  # (model, its compiled forward)
+        self._cache: tuple[tuple, object] | None = None  # (shape key, the compiled step's cache)
         self.compile_fallback: str | None = None  # why the compiled step is not used, if it isn't
 
     @torch.no_grad()
@@ -87,12 +88,15 @@ class HFRollout(RolloutEngine):
             model.train(was_training)
 
     def _decode(self, model, ids: Tensor, prompt_mask: Tensor, sampling: SamplingOptions, step_fn):
+        if step_fn is not None:  # the captured step's shapes: prompt widths in steps of 32
+            ids, prompt_mask = _pad_left(ids, prompt_mask, 32, self.pad_token_id)
         (B, P), N, device = ids.shape, sampling.max_new_tokens, ids.device
         kind = "static" if step_fn is not None else self.cache
         compact = self.compact_finished and kind != "static"
-        out, cache, mask, positions = _prefill(model, ids, prompt_mask, N, kind)
+        cache = self._static_cache(model, B, P + N) if step_fn is not None else None
+        out, cache, mask, positions = _prefill(model, ids, prompt_mask, N, kind, cache)
         arg = _cache_argument(model)
-        step_fn = step_fn or model
+        step_fn = model if step_fn is None else step_fn  # a compiled module has no truth value
         rows = torch.arange(B, device=device)  # the batch rows still decoded
         next_position = positions[:, -1:] + 1  # (A, 1)
         done = torch.zeros(B, dtype=torch.bool, device=device)
@@ -141,6 +145,21 @@ class HFRollout(RolloutEngine):
             return bool(pending.item() == 0)
         return local
 
+    def _static_cache(self, model: nn.Module, rows: int, capacity: int):
+        """The compiled step's StaticCache, reset and reused while its shape holds: the captured
+        graphs read its buffers at fixed addresses, a new cache per rollout re-records them."""
+        device = _device(model)
+        dtype = next(model.parameters()).dtype
+        if torch.is_autocast_enabled(device.type):
+            dtype = torch.get_autocast_dtype(device.type)
+        key = (rows, capacity, dtype, device)
+        if self._cache is not None and self._cache[0] == key:
+            self._cache[1].reset()
+        else:
+            self._cache = None  # its memory first
+            self._cache = (key, make_cache(model, "static", rows, capacity, dtype, device))
+        return self._cache[1]
+
     def _compiled_step(self, model: nn.Module):
         """The compiled decode forward, or None (eager) with the reason logged once."""
         if not self.compile_decode or self.compile_fallback is not None:
@@ -158,11 +177,13 @@ class HFRollout(RolloutEngine):
         log.warning("HFRollout(compile_decode=True): %s; decoding eagerly from now on", reason)
 
 
-def _prefill(model: nn.Module, ids: Tensor, prompt_mask: Tensor, new: int, kind: str):
-    """The prompts' forward into a fresh cache of prompt width + ``new`` positions: its output,
-    the cache, the (B, P + new) mask of every position a row will have, the (B, P) positions."""
+def _prefill(model: nn.Module, ids: Tensor, prompt_mask: Tensor, new: int, kind: str, cache=None):
+    """The prompts' forward into ``cache`` (default: a fresh one) of prompt width + ``new``
+    positions: its output, the cache, the (B, P + new) mask of every position a row will have,
+    the (B, P) positions."""
     (B, P), device = ids.shape, ids.device
-    cache = make_cache(model, kind, B, P + new, next(model.parameters()).dtype, device)
+    if cache is None:
+        cache = make_cache(model, kind, B, P + new, next(model.parameters()).dtype, device)
     # causal attention never reads ahead of the token being decoded, so the future's ones are
     # harmless and no mask is grown per token
     mask = torch.cat([prompt_mask.long(), prompt_mask.new_ones(B, new, dtype=torch.long)], 1)
@@ -178,6 +199,18 @@ def _prefill(model: nn.Module, ids: Tensor, prompt_mask: Tensor, new: int, kind:
         **{_cache_argument(model): cache},
     )
     return out, cache, mask, positions
+
+
+def _pad_left(ids: Tensor, mask: Tensor, multiple: int, pad: int) -> tuple[Tensor, Tensor]:
+    """(B, P) left-padded prompts padded on the left to a width that is a multiple of
+    ``multiple`` (masked: the responses are those of the unpadded prompts)."""
+    extra = -ids.shape[1] % multiple
+    if not extra:
+        return ids, mask
+    return (
+        torch.cat([ids.new_full((ids.shape[0], extra), pad), ids], 1),
+        torch.cat([mask.new_zeros(mask.shape[0], extra), mask], 1),
+    )
 
 
 def _spread(values: Tensor, rows: Tensor, batch: int, fill) -> Tensor:

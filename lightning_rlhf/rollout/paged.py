@@ -113,15 +113,24 @@ class PagedRollout(RolloutEngine):
         )
         width = max(map(len, rows)) + new
         on_cuda = _device(model).type == "cuda"
-        cb = ContinuousBatchingConfig(
-            page_size=self.page_size,
-            num_blocks=len(rows) * math.ceil(width / self.page_size) + 1,
-            max_batch_tokens=self.max_batch_tokens,
-            max_requests_per_batch=len(rows),
-            use_cuda_graph=None if on_cuda else False,
-            auto_switch_to_flash=self.attention == "flash",
-            seed=int(torch.randint(0, 2**31 - 1, (1,))),  # from the caller's seeded stream
-        )
+        try:
+            cb = ContinuousBatchingConfig(
+                page_size=self.page_size,
+                num_blocks=len(rows) * math.ceil(width / self.page_size) + 1,
+                max_batch_tokens=self.max_batch_tokens,
+                max_requests_per_batch=len(rows),
+                use_cuda_graph=None if on_cuda else False,
+                auto_switch_to_flash=self.attention == "flash",
+                seed=int(torch.randint(0, 2**31 - 1, (1,))),  # from the caller's seeded stream
+            )
+        except TypeError as error:  # releases before ~5.20 name and seed it otherwise
+            import transformers
+
+            raise RuntimeError(
+                "PagedRollout needs a transformers whose ContinuousBatchingConfig takes "
+                f"page_size, auto_switch_to_flash and seed (5.24 and 5.25 are tested); "
+                f"transformers {transformers.__version__} is installed ({error})"
+            ) from error
         base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
         impl = base.config._attn_implementation
         if self.attention == "paged|eager" and impl != "paged|eager":

@@ -18,6 +18,7 @@ from lightning_rlhf.rollout import (
     rollout_metrics,
     sample_tokens,
 )
+from lightning_rlhf.rollout.cache import make_cache
 
 PROBS = torch.tensor([0.5, 0.3, 0.15, 0.05])
 
@@ -247,6 +248,50 @@ def test_compile_decode_falls_back_to_eager_on_cpu_with_the_reason_logged(lm, on
     assert "cpu" in engine.compile_fallback
     expected = generate(model, ids, mask, greedy, tok.eos_token_id, tok.pad_token_id)
     assert torch.equal(out.response_ids, expected.response_ids)
+
+
+def test_the_compiled_decode_step_draws_what_the_eager_loop_draws(lm, one_thread):
+    # the CUDA path's loop (StaticCache, a torch.compile'd step) run on the CPU: the "eager"
+    # backend traces the step as CUDA would, without CUDA graphs or a C++ compile; the second
+    # rollout reuses the first one's cache (reset) and prompt widths are padded to 32
+    model, tok = lm
+    sampling = SamplingOptions(12, temperature=0.0)
+    engine = HFRollout(compile_decode=True).bind(model, tok.eos_token_id, tok.pad_token_id)
+    step = torch.compile(model, backend="eager", dynamic=False)
+    caches = []
+    for texts in (["a", "bb", "ccc", "dddd"], ["dddd", "c", "bb", "a a"]):
+        ids, mask = prompts(tok, texts)
+        with torch.no_grad():
+            out = engine._decode(model, ids, mask, sampling, step)
+        expected = generate(model, ids, mask, sampling, tok.eos_token_id, tok.pad_token_id)
+        assert torch.equal(out.response_ids, expected.response_ids)
+        torch.testing.assert_close(out.logprobs, expected.logprobs, atol=1e-5, rtol=1e-5)
+        caches.append(engine._cache[1])
+    assert caches[0] is caches[1]
+
+
+@pytest.mark.parametrize("cache", ["preallocated", "static"])
+def test_under_autocast_the_cache_keeps_the_autocast_dtype_and_rounds_alike(lm, one_thread, cache):
+    # fp32 weights under bf16 autocast (precision: bf16-mixed): attention casts keys and values
+    # to bf16 anyway, so a cache stored in bf16 draws what transformers' fp32 dynamic cache does
+    model, tok = lm
+    ids, mask = prompts(tok, ["a", "bb", "ccc", "dddd"])
+    sampling = SamplingOptions(10, temperature=0.0)
+    runs = []
+    for kind in ("dynamic", cache):
+        engine = HFRollout(cache=kind).bind(model, tok.eos_token_id, tok.pad_token_id)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            runs.append(engine.generate(ids, mask, sampling))
+    assert torch.equal(runs[0].response_ids, runs[1].response_ids)
+    torch.testing.assert_close(runs[0].logprobs, runs[1].logprobs, atol=0, rtol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        made = make_cache(model, cache, 2, 8, torch.float32, torch.device("cpu"))
+        if cache == "preallocated":
+            layer = made.layers[0]
+            layer.update(torch.zeros(2, 2, 1, 4), torch.zeros(2, 2, 1, 4, dtype=torch.bfloat16))
+            assert layer._k.dtype == layer._v.dtype == torch.bfloat16
+        else:
+            assert made.layers[0].keys.dtype == torch.bfloat16
 
 
 def test_an_unbound_engine_says_how_to_bind_it():
