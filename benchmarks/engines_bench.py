@@ -8,7 +8,8 @@ By default EOS is banned, so every row generates exactly N tokens on every side;
 gives EOS 2/N of the mass at each step instead (lengths geometric, cut at N: long-tailed), and
 each side's tokens/s counts the tokens it generated.
 
-Sides: "loop before" is ``HFRollout(compact_finished=False, cache="dynamic")``, the loop this
+Sides: "loop before" is
+``HFRollout(compact_finished=False, cache="dynamic", pack_cpu_weights=False)``, the loop this
 package had before the engines (every row to the end, transformers' concatenating cache);
 "HFRollout" its default; "HFRollout static" transformers' StaticCache; "PagedRollout"
 (its first call, with the library's warm-up, timed apart); "transformers generate" with
@@ -83,7 +84,9 @@ def sides(model, ids, mask, new: int, ragged: bool):
         return int((ended == 0).sum())
 
     return {
-        "loop before": engine(HFRollout(compact_finished=False, cache="dynamic")),
+        "loop before": engine(
+            HFRollout(compact_finished=False, cache="dynamic", pack_cpu_weights=False)
+        ),
         "HFRollout": engine(HFRollout()),
         "HFRollout static": engine(HFRollout(cache="static")),
         "PagedRollout": engine(PagedRollout()),
@@ -153,20 +156,30 @@ def run_vllm(python: str, rows: int, news: list[int], rounds: int, threads: int)
 
 
 def engines(
-    rows: int, news: list[int], rounds: int, threads: int, ragged: bool, vllm_python: str | None
+    rows: int,
+    news: list[int],
+    rounds: int,
+    threads: int,
+    ragged: bool,
+    vllm_python: str | None,
+    only: list[str] | None = None,
 ) -> None:
     model = model_58m()
     ids, mask = prompts(rows)
     hook = eos_share_hook(model, 2 / max(news)) if ragged else None
     report = {"case": f"58M Llama, {rows} prompts x 32, fp32, {threads} thread(s)", "ragged": ragged,
+              "sides": only or "all",
               "torch": torch.__version__, "cpu": platform.processor(), "date": str(date.today()),
               "rounds": rounds, "load_average": os.getloadavg(), "results": {}}  # fmt: skip
     with torch.no_grad():
         for new in news:
             fns = sides(model, ids, mask, new, ragged)
-            t = time.perf_counter()
-            fns["PagedRollout"]()  # its first call: the manager's set-up and warm-up included
-            first_paged = time.perf_counter() - t
+            fns = {k: v for k, v in fns.items() if not only or k in only}
+            first_paged = None
+            if "PagedRollout" in fns:
+                t = time.perf_counter()
+                fns["PagedRollout"]()  # its first call: the manager's set-up and warm-up included
+                first_paged = time.perf_counter() - t
             rates = timed_rounds(fns, new, rounds)
             report["results"][str(new)] = {
                 "tokens_per_s": {k: statistics.median(v) for k, v in rates.items()},
@@ -183,7 +196,8 @@ def engines(
             report["results"][new]["all"]["vLLM"] = res["all"]
             report["results"][new]["vllm_first_call_s"] = res["first_call_s"]
     print_table(report)
-    name = f"generation-engines-{report['date']}-{threads}t{'-ragged' if ragged else ''}.json"
+    name = f"generation-engines-{report['date']}-{threads}t{'-ragged' if ragged else ''}"
+    name += "-some.json" if only else ".json"
     (RESULTS / name).write_text(json.dumps(report, indent=1))
     print(f"wrote benchmarks/results/{name}")
 
@@ -192,9 +206,10 @@ def print_table(report) -> None:
     print(f"\n{report['case']}{', ragged' if report['ragged'] else ''}: tokens/s, medians of "
           f"{report['rounds']} rounds (÷ the loop before)")  # fmt: skip
     for new, res in report["results"].items():
-        base = res["tokens_per_s"]["loop before"]
+        base = res["tokens_per_s"].get("loop before", math.nan)
         cells = ", ".join(f"{k} {v:.0f} ({v / base:.2f})" for k, v in res["tokens_per_s"].items())
-        print(f"N={new}: {cells}; PagedRollout's first call {res['paged_first_call_s']:.1f} s")
+        first = res["paged_first_call_s"]
+        print(f"N={new}: {cells}" + (f"; PagedRollout's first call {first:.1f} s" if first else ""))
     if "vllm_start_s" in report:
         print(f"vLLM's engine start {report['vllm_start_s']:.1f} s (not in its tokens/s)")
 

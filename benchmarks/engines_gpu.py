@@ -13,8 +13,9 @@ The countdown only picks which token is drawn; every side still runs the whole f
 softmax over the vocabulary and its own sampler. Each side's responses are checked against the
 countdown (``mismatched_rows``), and its tokens/s counts the tokens it generated.
 
-Sides: "loop before" (``HFRollout(compact_finished=False, cache="dynamic")``: the package's loop
-before the engines), "HFRollout" (the default), "HFRollout static" (transformers' StaticCache,
+Sides: "loop before"
+(``HFRollout(compact_finished=False, cache="dynamic", pack_cpu_weights=False)``: the package's
+loop before the engines), "HFRollout" (the default), "HFRollout static" (transformers' StaticCache,
 eager), "HFRollout compiled" (``compile_decode=True``: StaticCache and a CUDA-graph decode step),
 "PagedRollout", "generate" (transformers' ``generate``, dynamic cache) and "generate static"
 (``cache_implementation="static"``, which transformers compiles on CUDA). First calls (compiling,
@@ -122,7 +123,9 @@ def sides(model, ids, mask, new: int):
         return fn
 
     return {
-        "loop before": engine(HFRollout(compact_finished=False, cache="dynamic")),
+        "loop before": engine(
+            HFRollout(compact_finished=False, cache="dynamic", pack_cpu_weights=False)
+        ),
         "HFRollout": engine(HFRollout()),
         "HFRollout compiled": engine(HFRollout(compile_decode=True)),
         "PagedRollout": engine(PagedRollout()),

@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=64, help="--engines: prompts per call")
     parser.add_argument("--new", type=int, nargs="+", default=[64, 256], help="--engines: N")
     parser.add_argument("--ragged", action="store_true", help="--engines: long-tailed lengths")
+    parser.add_argument("--sides", nargs="+", help='--engines: these sides only ("HFRollout" ...)')
     parser.add_argument(
         "--vllm-python", help="--engines: vLLM's venv's python, for a vLLM side (.ci/vllm-venv.sh)"
     )
@@ -71,8 +72,9 @@ def main() -> None:
         from engines_bench import engines
 
         return engines(
-            args.rows, args.new, args.rounds, args.threads, args.ragged, args.vllm_python
-        )
+            args.rows, args.new, args.rounds, args.threads, args.ragged, args.vllm_python,
+            args.sides,
+        )  # fmt: skip
     root = assets.build(HERE / ".cache", args.model, assets.DataSpec())
     tok = load_tokenizer(str(root / "lm"), padding_side="left")
     model = load_causal_lm(str(root / "lm")).eval()

@@ -1,5 +1,6 @@
 """Where a rollout's CPU time goes: the operations taking the most self time in one call of the
-loop before the engines (``HFRollout(compact_finished=False, cache="dynamic")``) and of
+loop before the engines
+(``HFRollout(compact_finished=False, cache="dynamic", pack_cpu_weights=False)``) and of
 ``HFRollout()``, on benchmarks/engines_bench.py's 58M Llama.
 
     .venv/bin/python benchmarks/profile_rollout.py --rows 16 --new 128 --threads 1 [--ragged]
@@ -42,7 +43,7 @@ def main() -> None:
         with_kwargs=True,
     )
     sides = {
-        "loop before": HFRollout(compact_finished=False, cache="dynamic"),
+        "loop before": HFRollout(compact_finished=False, cache="dynamic", pack_cpu_weights=False),
         "HFRollout": HFRollout(),
     }
     for name, engine in sides.items():

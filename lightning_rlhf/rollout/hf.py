@@ -11,6 +11,7 @@ rounding of the smaller batch's matrix products can differ.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from typing import Literal
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 from lightning_rlhf.model_outputs import padded_positions
 from lightning_rlhf.rollout.base import RolloutEngine
 from lightning_rlhf.rollout.cache import full_parameters, make_cache
+from lightning_rlhf.rollout.cpu_linear import can_pack, packed_linears, warn_once
 from lightning_rlhf.rollout.sampling import (
     Generation,
     SamplingOptions,
@@ -50,6 +52,9 @@ class HFRollout(RolloutEngine):
         gather_full_params: under FSDP / DeepSpeed ZeRO-3, gather the policy's full parameters
             once per rollout instead of layer by layer at every token (every rank then holds the
             whole policy: see docs/multi_gpu.md).
+        pack_cpu_weights: on a CPU, the linear layers run oneDNN on weights reordered once per
+            rollout (``rollout/cpu_linear.py``; one more copy of the linear weights while it
+            runs); off: torch's own CPU linear.
     """
 
     def __init__(
@@ -58,8 +63,10 @@ class HFRollout(RolloutEngine):
         cache: Literal["preallocated", "dynamic", "static"] = "preallocated",
         compile_decode: bool = False,
         gather_full_params: bool = False,
+        pack_cpu_weights: bool = True,
     ) -> None:
         super().__init__()
+        self.pack_cpu_weights = pack_cpu_weights
         self.compact_finished = compact_finished
         self.cache = cache
         self.compile_decode = compile_decode
@@ -76,7 +83,10 @@ class HFRollout(RolloutEngine):
         was_training = model.training
         model.eval()
         try:
-            with full_parameters(self.sharded if self.gather_full_params else None):
+            with (
+                full_parameters(self.sharded if self.gather_full_params else None),
+                self._packed(model, prompt_ids.shape[0]),
+            ):
                 step = self._compiled_step(model)
                 if step is not None:
                     try:
@@ -136,6 +146,16 @@ class HFRollout(RolloutEngine):
             resp_mask,
             torch.stack(logprobs, dim=1) * resp_mask,
         )
+
+    def _packed(self, model: nn.Module, rows: int) -> contextlib.AbstractContextManager:
+        """``packed_linears`` where it applies: a CPU policy that nothing shards."""
+        if not self.pack_cpu_weights or _device(model).type != "cpu" or self.sharded is not None:
+            return contextlib.nullcontext()
+        reason = can_pack(model)
+        if reason is not None:
+            warn_once(reason)
+            return contextlib.nullcontext()
+        return packed_linears(model, rows)
 
     def _all_done(self, local: bool) -> bool:
         if self.synced and dist.is_available() and dist.is_initialized():

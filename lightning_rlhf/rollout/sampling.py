@@ -104,14 +104,18 @@ def sample_tokens(
             distribution, before top-k, top-p and ``banned`` shaped the draw.
     """
     scaled = tempered(logits, sampling.temperature)  # (B, V)
-    logz = scaled.logsumexp(dim=-1, keepdim=True)  # (B, 1)
     if sampling.temperature == 0:
+        logz = scaled.logsumexp(dim=-1, keepdim=True)  # (B, 1)
         allowed = (
             scaled if banned is None else scaled.index_fill(1, _ids(banned, scaled), float("-inf"))
         )
         tokens = allowed.argmax(dim=-1)
     else:
-        tokens = _inverse_cdf(_truncated_probs(scaled, logz, sampling, banned), u)
+        # logsumexp by hand, keeping its exponentials: they are the draw's weights
+        top = scaled.amax(dim=-1, keepdim=True)  # (B, 1)
+        weights = (scaled - top).exp_()  # (B, V) probabilities times Z
+        logz = top + weights.sum(dim=-1, keepdim=True).log()
+        tokens = _inverse_cdf(_truncated_probs(weights, sampling, banned), u)
     return tokens, (scaled.gather(1, tokens[:, None]) - logz).squeeze(1)
 
 
@@ -124,12 +128,11 @@ def _ids(token: int, like: Tensor) -> Tensor:
     return torch.tensor([token], device=like.device)
 
 
-def _truncated_probs(
-    scaled: Tensor, logz: Tensor, sampling: SamplingOptions, banned: int | None
-) -> Tensor:
-    """(B, V) probabilities: ``banned`` zeroed, then zero outside top-k and top-p (the order of
-    transformers' processors and warpers); not renormalised."""
-    probs = (scaled - logz).exp()
+def _truncated_probs(weights: Tensor, sampling: SamplingOptions, banned: int | None) -> Tensor:
+    """(B, V) ``weights`` (probabilities up to a factor per row, modified in place): ``banned``
+    zeroed, then zero outside top-k and top-p (the order of transformers' processors and
+    warpers); not renormalised."""
+    probs = weights
     if banned is not None:
         probs[:, banned] = 0.0
     vocab = probs.shape[-1]
@@ -145,18 +148,35 @@ def _truncated_probs(
     return probs
 
 
+BLOCK = 256  # vocabulary entries per block of the two-level draw
+
+
 def _inverse_cdf(probs: Tensor, u: Tensor | None = None) -> Tensor:
     """(B,) index i with cdf[i-1] <= u < cdf[i], u uniform on [0, total): P(i) = probs[i] / total.
 
-    A float64 sum keeps every token's interval true to its probability across a 150k vocabulary.
+    In two levels, so that no (B, V) float64 cumulative sum is made (a sequential scan on a CPU,
+    the draw's largest cost): float64 sums of blocks of ``BLOCK`` entries pick the block, then the
+    cumulative sum of that block alone picks the entry. Float64 keeps every token's interval true
+    to its probability across a 150k vocabulary; a zero-probability entry is never drawn (u is
+    held below the chosen block's own total).
     """
-    cdf = probs.double().cumsum(dim=-1)  # (B, V)
+    B, V = probs.shape
+    pad = -V % BLOCK
+    blocks = (torch.nn.functional.pad(probs, (0, pad)) if pad else probs).view(B, -1, BLOCK)
+    sums = blocks.sum(dim=-1, dtype=torch.float64)  # (B, V / BLOCK)
+    cdf = sums.cumsum(dim=-1)
     total = cdf[:, -1:]
     if u is None:
-        u = uniforms(total.shape[0], cdf.device)
-    u = u * total
-    u = torch.minimum(u, total.nextafter(torch.zeros_like(total)))  # rounding never reaches total
-    return torch.searchsorted(cdf, u, right=True).squeeze(1)
+        u = uniforms(B, cdf.device)
+    u = torch.minimum(u * total, total.nextafter(torch.zeros_like(total)))  # (B, 1) below total
+    block = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1)  # (B, 1)
+    inner = blocks.gather(1, block[..., None].expand(B, 1, BLOCK)).squeeze(1)  # (B, BLOCK)
+    inner_cdf = inner.double().cumsum(dim=-1)
+    before = cdf.gather(1, (block - 1).clamp(min=0)).masked_fill_(block == 0, 0.0)  # <= u
+    rest = u - before  # (B, 1) u within the block, held below the block's own total
+    rest = torch.minimum(rest, inner_cdf[:, -1:].nextafter(torch.zeros_like(rest)))
+    index = torch.searchsorted(inner_cdf, rest, right=True).squeeze(1)
+    return block.squeeze(1) * BLOCK + index
 
 
 def decode_responses(tokenizer, response_ids: Tensor, mask: Tensor) -> list[str]:

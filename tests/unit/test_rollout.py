@@ -59,6 +59,26 @@ def test_top_k_keeps_ties_and_zero_probability_tokens_are_never_drawn():
     assert_distribution(frequencies(probs, top_k=2), probs.double())
 
 
+def test_the_two_level_draw_is_the_inverse_cdf_across_blocks():
+    # 1000 entries: four blocks of 256, the last padded; eighths sum exactly in float64, so the
+    # two-level draw must pick exactly the entry a one-level cumulative sum picks
+    from lightning_rlhf.rollout.sampling import _inverse_cdf
+
+    g = torch.Generator().manual_seed(0)
+    probs = torch.randint(0, 3, (64, 1000), generator=g).float() / 8
+    probs[:, 255:257] = 0.0  # zeros on both sides of a block boundary
+    probs[:, 600:] = 0.0  # whole blocks of zeros
+    probs[0] = 0.0
+    probs[0, 256] = 1.0  # one entry, the first of a block
+    u = torch.rand(64, 1, generator=g, dtype=torch.float64)
+    u[1] = 1.0 - 1e-16  # the top of the range
+    got = _inverse_cdf(probs, u)
+    cdf = probs.double().cumsum(-1)
+    want = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
+    assert torch.equal(got, want.squeeze(1))
+    assert (probs.gather(1, got[:, None]) > 0).all() and got[0] == 256
+
+
 def test_logprobs_are_the_policy_s_before_the_truncation():
     logits = PROBS.log().expand(1000, -1)
     tokens, logprobs = sample_tokens(logits, SamplingOptions(temperature=2.0, top_k=2))
@@ -292,6 +312,44 @@ def test_under_autocast_the_cache_keeps_the_autocast_dtype_and_rounds_alike(lm, 
             assert layer._k.dtype == layer._v.dtype == torch.bfloat16
         else:
             assert made.layers[0].keys.dtype == torch.bfloat16
+
+
+def test_packed_cpu_linears_compute_the_linear_and_are_undone_after(lm, one_thread):
+    from lightning_rlhf.rollout.cpu_linear import can_pack, packed_linears
+
+    model, _ = lm
+    if can_pack(model) is not None:
+        pytest.skip(can_pack(model))
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    wrapped = linears[0]
+    wrapped.forward = wrapped.forward  # as accelerate's hooks do: such a layer is left alone
+    x = torch.randn(3, 5, linears[1].in_features)
+    with torch.no_grad(), packed_linears(model, rows=3) as n:
+        assert n == len(linears) - 1
+        assert "forward" in linears[1].__dict__
+        torch.testing.assert_close(linears[1](x), torch.nn.functional.linear(x, linears[1].weight))
+    del wrapped.forward
+    assert not any("forward" in m.__dict__ for m in linears)
+
+
+def test_packed_and_blas_linears_draw_the_same_responses(lm, one_thread):
+    model, tok = lm
+    ids, mask = prompts(tok, ["a", "bb", "ccc", "dddd"])
+    runs = []
+    for pack in (True, False):
+        torch.manual_seed(5)
+        engine = HFRollout(pack_cpu_weights=pack).bind(model, tok.eos_token_id, tok.pad_token_id)
+        runs.append(engine.generate(ids, mask, SamplingOptions(12, temperature=0.8)))
+    assert torch.equal(runs[0].response_ids, runs[1].response_ids)
+    torch.testing.assert_close(runs[0].logprobs, runs[1].logprobs, atol=1e-5, rtol=1e-5)
+
+
+def test_no_packing_under_cpu_autocast(lm):
+    from lightning_rlhf.rollout.cpu_linear import can_pack
+
+    model, _ = lm
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert "autocast" in can_pack(model)
 
 
 def test_an_unbound_engine_says_how_to_bind_it():
