@@ -68,3 +68,46 @@ def test_evaluate_answers_alike_with_either_engine(tiny_model_dir, one_thread):
     default = answer_prompts(tiny_model_dir, prompts, progress=False)
     paged = answer_prompts(tiny_model_dir, prompts, progress=False, rollout=PagedRollout())
     assert paged == default and len(default) == 3
+
+
+def test_ppo_scores_on_the_engine_s_packed_cpu_linears_with_the_same_numbers(
+    tiny_model_dir, task_dir, monkeypatch
+):
+    # HFRollout(pack_cpu_weights=True) also packs the scoring forwards (here π_old on the trunk
+    # with its value head, and πref): the layers run oneDNN there, and the rollout is the same
+    from lightning_rlhf.rollout import cpu_linear
+
+    calls: list[int] = []  # the sequence length of each packed layer's input
+    real = cpu_linear._linear
+    monkeypatch.setattr(
+        cpu_linear, "_linear", lambda w, b, x: calls.append(x.shape[-2]) or real(w, b, x)
+    )
+    data = PromptDataModule(
+        train_path=str(task_dir / "prompts_train.jsonl"), val_path=None, val_fraction=0.0,
+        tokenizer=tiny_model_dir, batch_size=4, max_prompt_length=32,
+    )  # fmt: skip
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    rollouts, counts = [], []
+    for pack in (True, False):
+        torch.manual_seed(0)
+        module = PPOModule(
+            tiny_model_dir, reward=length_score, critic=ValueHead(),
+            sampling=SamplingOptions(max_new_tokens=6), log_samples_every_n_iterations=0,
+            rollout=HFRollout(pack_cpu_weights=pack),
+        )  # fmt: skip
+        module.configure_model()
+        calls.clear()
+        torch.manual_seed(1)
+        rollouts.append(module.make_rollout(batch)[0])
+        width = rollouts[-1].query_ids.shape[1] + rollouts[-1].response_ids.shape[1]
+        counts.append(calls.count(width))  # layers run over whole sequences: the scoring
+    if cpu_linear.can_pack(module) is not None:
+        return  # a torch without oneDNN: nothing packed, nothing to compare
+    assert counts[0] > 0 and counts[1] == 0
+    packed, plain = rollouts
+    assert torch.equal(packed.response_ids, plain.response_ids)
+    for name in ("logprobs", "ref_logprobs", "values", "advantages"):
+        torch.testing.assert_close(
+            getattr(packed, name), getattr(plain, name), atol=1e-5, rtol=1e-5
+        )
