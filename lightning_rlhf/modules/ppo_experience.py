@@ -4,18 +4,16 @@ once and read by every minibatch of the update (``ppo_update.py``)."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_rlhf.losses import token_logprobs
 from lightning_rlhf.masked import masked_whiten
 from lightning_rlhf.modules.ppo_metrics import engine_metrics
-from lightning_rlhf.rewards import check_scores, reward_functions
+from lightning_rlhf.rewards import check_scores
 from lightning_rlhf.rollout import Generation
-from lightning_rlhf.rollout.cpu_linear import can_pack, packed_modules
 from lightning_rlhf.types import PromptBatch, Rollout, RolloutStats, Sequences
 
 
@@ -63,21 +61,6 @@ class ExperienceMixin:
         values = torch.zeros_like(mask) if values is None else values * mask
         return logprobs * mask, ref_logprobs * mask, values
 
-    def _packed_scoring(self, rows: int) -> contextlib.AbstractContextManager:
-        """The scoring forwards (reward models, πref, the critic, π_old when recomputed) with their
-        linear layers on oneDNN, as the engine's sampling has them (``HFRollout(pack_cpu_weights)``,
-        rollout/cpu_linear.py): on a CPU, nothing sharded, the weights fixed until the update."""
-        if (
-            not getattr(self.rollout, "pack_cpu_weights", False)
-            or self.device.type != "cpu"
-            or self._sharded()
-            or can_pack(self) is not None
-        ):
-            return contextlib.nullcontext()
-        models = [getattr(r, "model", None) for r in reward_functions(self.reward)]
-        models = [m for m in models if isinstance(m, nn.Module)]
-        return packed_modules([self, *self._ref, *models], rows)
-
     def _reuses_sampling_logprobs(self) -> bool:
         # an engine with its own weights and kernels (vLLM) is not π_old: its log-probs are
         # compared with π_old (rollout/logprob_diff_*), not used as it
@@ -110,11 +93,8 @@ class ExperienceMixin:
             generation.response_mask,
         )  # fmt: skip
         t1 = time.perf_counter()
-        with self._packed_scoring(
-            s.query_ids.shape[0] * (s.query_ids.shape[1] + s.response_ids.shape[1])
-        ):
-            raw, scores = self._score(prompts, texts, s.response_ids)
-            logprobs, ref_logprobs, values = self._old_forwards(s, generation)
+        raw, scores = self._score(prompts, texts, s.response_ids)
+        logprobs, ref_logprobs, values = self._old_forwards(s, generation)
         mask = s.response_mask.float()
         rewards, advantages, returns = self._rewards_and_advantages(
             scores, logprobs, ref_logprobs, values, mask

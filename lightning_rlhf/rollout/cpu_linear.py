@@ -63,14 +63,6 @@ def packed_linears(model: nn.Module, rows: int) -> Iterator[int]:
             del module.forward  # the class's forward again
 
 
-@contextlib.contextmanager
-def packed_modules(modules: list[nn.Module], rows: int) -> Iterator[int]:
-    """``packed_linears`` over several modules at once (a layer packed already is left as it is,
-    so modules may overlap). Yields how many layers were packed."""
-    with contextlib.ExitStack() as stack:
-        yield sum(stack.enter_context(packed_linears(m, rows)) for m in modules)
-
-
 def _linear(weight: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
