@@ -38,6 +38,7 @@ import traceback
 from datetime import date
 from pathlib import Path
 
+import assets  # benchmarks/ is on sys.path: it holds this script
 import torch
 
 from lightning_rlhf.rollout import HFRollout, PagedRollout, SamplingOptions
@@ -192,10 +193,11 @@ def main() -> None:
     p.add_argument("--per-group", type=int, default=4)
     p.add_argument("--new", type=int, default=512)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--layers", type=int, default=28)
-    p.add_argument("--hidden", type=int, default=1024)
-    p.add_argument("--heads", type=int, default=16)
-    p.add_argument("--mlp", type=int, default=4096)
+    spec = assets.MODELS["llama-500m"]  # the GPU suite's model
+    p.add_argument("--layers", type=int, default=spec.num_layers)
+    p.add_argument("--hidden", type=int, default=spec.hidden_size)
+    p.add_argument("--heads", type=int, default=spec.num_heads)
+    p.add_argument("--mlp", type=int, default=spec.intermediate_size)
     p.add_argument("--deadline", type=float, default=480.0, help="seconds; later calls skipped")
     p.add_argument("--only", nargs="*", help="these sides only")
     a = p.parse_args()

@@ -63,14 +63,18 @@ class PreallocatedLayer(DynamicLayer):
             self.keys, self.values = self._k[:, :, :length], self._v[:, :, :length]
 
 
+def cache_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype a cache keeps keys and values of ``dtype`` in: under autocast its dtype
+    (attention casts them to it anyway, so storing them so rounds alike and saves a full-cache
+    cast at every token: fp32 weights under bf16 autocast give fp32 keys after RoPE), else
+    ``dtype``."""
+    if torch.is_autocast_enabled(device.type) and dtype.is_floating_point:
+        return torch.get_autocast_dtype(device.type)
+    return dtype
+
+
 def stored(states: Tensor) -> torch.dtype:
-    """The dtype a cache keeps ``states`` in: under autocast its dtype (attention casts the
-    keys and values to it anyway, so storing them so rounds alike and saves a full-cache cast at
-    every token: fp32 weights under bf16 autocast give fp32 keys after RoPE), else their own."""
-    kind = states.device.type
-    if torch.is_autocast_enabled(kind) and states.is_floating_point():
-        return torch.get_autocast_dtype(kind)
-    return states.dtype
+    return cache_dtype(states.dtype, states.device)
 
 
 def make_cache(model: nn.Module, kind: str, rows: int, capacity: int, dtype, device):
@@ -80,11 +84,11 @@ def make_cache(model: nn.Module, kind: str, rows: int, capacity: int, dtype, dev
     config = model.config
     if kind == "static":
         cache = StaticCache(config=config, max_cache_len=capacity)
-        autocast = torch.is_autocast_enabled(device.type)
-        if autocast:
-            dtype = torch.get_autocast_dtype(device.type)  # see ``stored``
+        dtype = cache_dtype(dtype, device)
         cache.early_initialization(rows, *_kv_shape(config), dtype, device)
-        if autocast:  # its layers copy states in as they come: fp32 keys, bf16 values
+        if torch.is_autocast_enabled(
+            device.type
+        ):  # states come in as they are: fp32 keys, bf16 values
             for layer in cache.layers:
                 layer.__class__ = _casting(type(layer))
         return cache

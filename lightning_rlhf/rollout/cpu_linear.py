@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
-_warned: set[str] = set()
+_logged: set[str] = set()
 
 
 def can_pack(model: nn.Module) -> str | None:
@@ -67,7 +67,7 @@ def _linear(weight: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
-def warn_once(reason: str) -> None:
-    if reason not in _warned:
-        _warned.add(reason)
+def log_once(reason: str) -> None:
+    if reason not in _logged:
+        _logged.add(reason)
         log.info("HFRollout(pack_cpu_weights=True): not packing: %s", reason)

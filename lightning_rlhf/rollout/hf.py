@@ -22,8 +22,8 @@ from torch import Tensor, nn
 
 from lightning_rlhf.model_outputs import padded_positions
 from lightning_rlhf.rollout.base import RolloutEngine
-from lightning_rlhf.rollout.cache import full_parameters, make_cache
-from lightning_rlhf.rollout.cpu_linear import can_pack, packed_linears, warn_once
+from lightning_rlhf.rollout.cache import cache_dtype, full_parameters, make_cache
+from lightning_rlhf.rollout.cpu_linear import can_pack, log_once, packed_linears
 from lightning_rlhf.rollout.sampling import (
     Generation,
     SamplingOptions,
@@ -153,7 +153,7 @@ class HFRollout(RolloutEngine):
             return contextlib.nullcontext()
         reason = can_pack(model)
         if reason is not None:
-            warn_once(reason)
+            log_once(reason)
             return contextlib.nullcontext()
         return packed_linears(model, rows)
 
@@ -169,9 +169,7 @@ class HFRollout(RolloutEngine):
         """The compiled step's StaticCache, reset and reused while its shape holds: the captured
         graphs read its buffers at fixed addresses, a new cache per rollout re-records them."""
         device = _device(model)
-        dtype = next(model.parameters()).dtype
-        if torch.is_autocast_enabled(device.type):
-            dtype = torch.get_autocast_dtype(device.type)
+        dtype = cache_dtype(next(model.parameters()).dtype, device)
         key = (rows, capacity, dtype, device)
         if self._cache is not None and self._cache[0] == key:
             self._cache[1].reset()
